@@ -1,0 +1,568 @@
+#!/usr/bin/env python
+"""Train SemFlow (or the cross-entropy baseline) on image/label pairs, with accelerate.
+
+    accelerate launch training/train_semflow.py --config training/configs/camvid.yaml
+    python training/train_semflow.py --config training/configs/camvid.yaml --set train_steps=200 output_dir=runs/x
+    accelerate launch --cpu --num_processes 2 training/train_semflow.py --config ...   # 2 CPU processes (DDP)
+
+Objectives (``objective``): ``semflow`` -- rectified flow between the image and its anchor mask, MSE on the
+scheduler's target through ``pipe.predict`` (the same folding/conditioning as inference); ``ce`` -- the
+discriminative baseline: the same UNet with K output channels and cross-entropy.
+
+Batches are drawn by step number from a seeded permutation (``batch_size`` per process, each process takes its
+own shard), so ``--resume_from_checkpoint latest`` replays exactly the batches an uninterrupted run would see.
+See training/README.md for all config keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import yaml
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+for p in (ROOT, HERE):
+    if p not in sys.path:
+        sys.path.insert(0, p)
+
+from training.baseline import BaselineSegmenter, build_unet, forward_logits  # noqa: E402
+from training.data import CAMVID_COLORS, AugmentConfig, build_dataset  # noqa: E402
+
+DEFAULTS: Dict[str, Any] = {
+    # data
+    "dataset": "camvid", "data_root": "../shared/datasets/camvid", "train_split": "train", "val_split": "val",
+    "resolution": [96, 128], "scale_min": 1.0, "scale_max": 1.5, "hflip": True, "preload": True,
+    "max_train_samples": None, "max_val_samples": None,
+    # model
+    "objective": "semflow", "mode": "pixel", "palette": "simplex", "prediction_type": "endpoints",
+    "solver": "euler", "space_to_depth": 1, "block_out_channels": [32, 64, 128, 128], "layers_per_block": 1,
+    "attention_levels": [], "norm_num_groups": 8, "pretrained_model_name_or_path": None,
+    # flow
+    "t_sampling": "uniform", "t_zero_prob": 0.0, "t_one_prob": 0.0, "t_beta_alpha": 0.5,
+    "perturbation": 0.05, "mask_ignore_in_loss": True,
+    # optimisation
+    "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
+    "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "bf16", "seed": 0,
+    "ema": False, "ema_decay": 0.999, "num_threads": None,
+    # logging / checkpoints
+    "output_dir": "runs/semflow-camvid", "checkpointing_steps": 200, "checkpoints_total_limit": 2,
+    "log_every": 10, "val_every": 400, "val_num_inference_steps": 1, "tensorboard": True,
+    "default_num_inference_steps": 1, "eval_num_inference_steps": [1, 2, 5], "final_eval": True,
+    "license": "mit", "hub_model_id": None,
+}
+
+
+# ----------------------------------------------------------------------------------------------- config
+def _parse_value(v: str):
+    return yaml.safe_load(v)
+
+
+def load_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", help="YAML file of config keys (see DEFAULTS / training/README.md)")
+    ap.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="override config keys, values parsed as YAML (e.g. resolution=[96,128])")
+    ap.add_argument("--output_dir")
+    ap.add_argument("--train_steps", type=int)
+    ap.add_argument("--objective", choices=["semflow", "ce"])
+    ap.add_argument("--data_root")
+    ap.add_argument("--pretrained_model_name_or_path")
+    ap.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
+    args = ap.parse_args(argv)
+    cfg = dict(DEFAULTS)
+    if args.config:
+        with open(args.config) as f:
+            loaded = yaml.safe_load(f) or {}
+        unknown = set(loaded) - set(DEFAULTS)
+        if unknown:
+            raise SystemExit(f"unknown config keys in {args.config}: {sorted(unknown)}")
+        cfg.update(loaded)
+    for kv in args.set:
+        if "=" not in kv:
+            raise SystemExit(f"--set expects KEY=VALUE, got {kv!r}")
+        k, v = kv.split("=", 1)
+        if k not in DEFAULTS:
+            raise SystemExit(f"unknown config key {k!r}")
+        cfg[k] = _parse_value(v)
+    for k in ("output_dir", "train_steps", "objective", "data_root", "pretrained_model_name_or_path"):
+        if getattr(args, k) is not None:
+            cfg[k] = getattr(args, k)
+    cfg["resume_from_checkpoint"] = args.resume_from_checkpoint
+    cfg["command"] = " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+    return cfg
+
+
+# -------------------------------------------------------------------------------------------- t sampling
+def sample_t(cfg: Dict[str, Any], n: int, generator: torch.Generator) -> torch.Tensor:
+    """Flow times (n,) in [0, 1]. ``uniform``; ``ends``: t=0 with prob t_zero_prob, t=1 with t_one_prob,
+    else uniform; ``beta``: Beta(a, a) (a < 1 is U-shaped, mass near both ends)."""
+    kind = cfg["t_sampling"]
+    if kind == "uniform":
+        return torch.rand(n, generator=generator)
+    if kind == "ends":
+        u = torch.rand(n, generator=generator)
+        t = torch.rand(n, generator=generator)
+        p0, p1 = float(cfg["t_zero_prob"]), float(cfg["t_one_prob"])
+        t = torch.where(u < p0, torch.zeros_like(t), t)
+        return torch.where((u >= p0) & (u < p0 + p1), torch.ones_like(t), t)
+    if kind == "beta":
+        a = float(cfg["t_beta_alpha"])
+        # Beta via two Gammas is not generator-aware; use the inverse-CDF-free trick with uniform -> Kumaraswamy.
+        u = torch.rand(n, generator=generator).clamp(1e-6, 1 - 1e-6)
+        return (1 - (1 - u) ** (1 / a)) ** (1 / a)
+    raise ValueError(f"unknown t_sampling {kind!r}: uniform | ends | beta")
+
+
+# ----------------------------------------------------------------------------------------------- models
+def dataset_info(ds) -> Dict[str, Any]:
+    names = list(ds.class_names)
+    colors = CAMVID_COLORS if len(names) == len(CAMVID_COLORS) and names[0] == "sky" else None
+    return {"class_names": names, "ignore_index": ds.ignore_index, "colors": colors}
+
+
+def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
+    """SemFlowPipeline with a fresh pixel UNet2DModel, or (latent mode) VAE + UNet2DConditionModel."""
+    from semflow_pipeline import SemFlowPipeline, SemFlowScheduler
+    from semflow_pipeline.anchors import AnchorCodec
+
+    k = len(info["class_names"])
+    id2label = {str(i): n for i, n in enumerate(info["class_names"])}
+    label_colors = None
+    if info["colors"]:
+        label_colors = {str(i): c for i, c in enumerate(info["colors"])}
+        if info["ignore_index"] is not None:
+            label_colors[str(info["ignore_index"])] = [0, 0, 0]
+    scheduler = SemFlowScheduler(num_train_timesteps=1000, prediction_type=cfg["prediction_type"], solver=cfg["solver"])
+    mult = 2 if cfg["prediction_type"] == "endpoints" else 1
+    h, w = cfg["resolution"]
+    if cfg["mode"] == "pixel":
+        c = AnchorCodec(cfg["palette"], k, info["ignore_index"]).num_channels
+        s = int(cfg["space_to_depth"])
+        unet = build_unet(c * s * s, mult * c * s * s, (h // s, w // s), cfg["block_out_channels"],
+                          cfg["layers_per_block"], cfg["attention_levels"], cfg["norm_num_groups"])
+        return SemFlowPipeline(unet=unet, scheduler=scheduler, id2label=id2label, label_colors=label_colors,
+                               ignore_index=info["ignore_index"], palette=cfg["palette"], space_to_depth=s,
+                               default_num_inference_steps=cfg["default_num_inference_steps"],
+                               default_processing_resolution=max(h, w))
+    if cfg["mode"] != "latent":
+        raise ValueError(f"mode must be pixel or latent, got {cfg['mode']!r}")
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    path = cfg["pretrained_model_name_or_path"]
+    if not path:
+        raise ValueError("latent mode needs pretrained_model_name_or_path (an SD checkpoint folder with vae/)")
+    vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
+    vae.requires_grad_(False)
+    text_encoder = tokenizer = None
+    if os.path.isdir(os.path.join(path, "text_encoder")) or not os.path.isdir(path):
+        try:
+            from transformers import CLIPTextModel, CLIPTokenizer
+            text_encoder = CLIPTextModel.from_pretrained(path, subfolder="text_encoder")
+            tokenizer = CLIPTokenizer.from_pretrained(path, subfolder="tokenizer")
+            text_encoder.requires_grad_(False)
+        except (OSError, ValueError):
+            text_encoder = tokenizer = None
+    lat = vae.config.latent_channels
+    f = 2 ** (len(vae.config.block_out_channels) - 1)
+    if os.path.isdir(os.path.join(path, "unet")) or not os.path.isdir(path):
+        unet = UNet2DConditionModel.from_pretrained(path, subfolder="unet")
+    else:  # no UNet in the folder: a fresh small one (tests, or training from scratch)
+        unet = UNet2DConditionModel(
+            sample_size=(h // f, w // f), in_channels=lat, out_channels=mult * lat,
+            block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg["layers_per_block"],
+            down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (len(cfg["block_out_channels"]) - 1),
+            up_block_types=("UpBlock2D",) * (len(cfg["block_out_channels"]) - 1) + ("CrossAttnUpBlock2D",),
+            cross_attention_dim=text_encoder.config.hidden_size if text_encoder is not None else 32,
+            norm_num_groups=cfg["norm_num_groups"], attention_head_dim=4,
+        )
+    if unet.config.out_channels != mult * lat:
+        # Endpoints need 2x the latent channels: widen conv_out, both halves start from the pretrained head.
+        old = unet.conv_out
+        new = torch.nn.Conv2d(old.in_channels, mult * lat, old.kernel_size, padding=old.padding)
+        with torch.no_grad():
+            new.weight.copy_(old.weight.repeat(mult, 1, 1, 1)[: mult * lat])
+            new.bias.copy_(old.bias.repeat(mult)[: mult * lat])
+        unet.conv_out = new
+        unet.register_to_config(out_channels=mult * lat)
+    return SemFlowPipeline(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                           id2label=id2label, label_colors=label_colors, ignore_index=info["ignore_index"],
+                           palette=cfg["palette"], default_num_inference_steps=cfg["default_num_inference_steps"],
+                           default_processing_resolution=max(h, w))
+
+
+@contextlib.contextmanager
+def pipe_uses(pipe, model):
+    """Lets ``pipe.predict`` run the accelerate-prepared (DDP / autocast) ``model`` during training.
+
+    ``DiffusionPipeline.__setattr__`` would re-register the component in the config, so this sets the
+    attribute directly and restores the plain module afterwards; ``predict`` reads ``.config``/``.dtype``.
+    """
+    plain = pipe.unet
+    if model is not plain:
+        model.config = plain.config  # DDP wrappers lack these; they are plain attributes here
+        model.dtype = plain.dtype
+        object.__setattr__(pipe, "unet", model)
+    try:
+        yield pipe
+    finally:
+        object.__setattr__(pipe, "unet", plain)
+
+
+# ------------------------------------------------------------------------------------------------- loss
+def semflow_loss(pipe, batch, cfg, generator) -> torch.Tensor:
+    """MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W)."""
+    images, labels = batch["image"], batch["label"]
+    image_end, mask_end = pipe.prepare_endpoints(images, labels, perturbation=float(cfg["perturbation"]),
+                                                 generator=generator)
+    n = images.shape[0]
+    t = sample_t(cfg, n, generator).to(images.device)
+    timesteps = t * pipe.scheduler.config.num_train_timesteps
+    x_t = pipe.scheduler.add_noise(image_end, mask_end, timesteps)
+    target = pipe.scheduler.get_target(image_end, mask_end)
+    pred = pipe.predict(x_t, timesteps)
+    err = (pred.float() - target.float()) ** 2  # (N, C or 2C, h, w)
+    ignore = pipe.config.ignore_index
+    if (cfg["mask_ignore_in_loss"] and ignore is not None and pipe.scheduler.config.prediction_type == "endpoints"
+            and err.shape[-2:] == labels.shape[-2:]):
+        # Void pixels have no class: don't train the mask head there (the image head still learns them).
+        c = err.shape[1] // 2
+        valid = (labels != ignore).to(err.dtype)[:, None]  # (N,1,h,w)
+        mask_err = (err[:, :c] * valid).sum() / (valid.sum() * c).clamp_min(1)
+        return 0.5 * (mask_err + err[:, c:].mean())
+    return err.mean()
+
+
+def ce_loss(model, batch, cfg, ignore_index) -> torch.Tensor:
+    logits = forward_logits(model, batch["image"], int(cfg["space_to_depth"]))
+    return F.cross_entropy(logits.float(), batch["label"], ignore_index=ignore_index if ignore_index is not None else -100)
+
+
+# ----------------------------------------------------------------------------------------------- batches
+class StepBatches:
+    """Global batch for step s = a slice of a seeded per-epoch permutation; each process takes its shard."""
+
+    def __init__(self, dataset, batch_size: int, num_processes: int, process_index: int, seed: int):
+        self.ds, self.bs, self.np, self.pi, self.seed = dataset, batch_size, num_processes, process_index, seed
+        self.global_bs = batch_size * num_processes
+        self.steps_per_epoch = max(1, len(dataset) // self.global_bs)
+        self._perm_epoch, self._perm = None, None
+
+    def __call__(self, step: int) -> Dict[str, torch.Tensor]:
+        epoch, k = divmod(step, self.steps_per_epoch)
+        if self._perm_epoch != epoch:
+            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
+            self._perm = torch.randperm(len(self.ds), generator=g)
+            self._perm_epoch = epoch
+            self.ds.set_epoch(epoch)
+        if len(self.ds) < self.global_bs:  # tiny datasets (tests): sample with wrap-around
+            idx = torch.arange(k * self.global_bs, (k + 1) * self.global_bs) % len(self.ds)
+            idx = self._perm[idx]
+        else:
+            idx = self._perm[k * self.global_bs:(k + 1) * self.global_bs]
+        idx = idx[self.pi::self.np].tolist()
+        items = [self.ds[i] for i in idx]
+        return {"image": torch.stack([b["image"] for b in items]), "label": torch.stack([b["label"] for b in items])}
+
+
+# ----------------------------------------------------------------------------------------------- helpers
+def make_lr_lambda(cfg):
+    total, warm = int(cfg["train_steps"]), int(cfg["warmup_steps"])
+    kind = cfg["lr_schedule"]
+
+    def f(step):
+        if kind == "constant":
+            return min(1.0, (step + 1) / max(1, warm)) if warm else 1.0
+        if kind == "cosine":
+            if step < warm:
+                return (step + 1) / warm
+            p = (step - warm) / max(1, total - warm)
+            return 0.5 * (1 + math.cos(math.pi * min(1.0, p)))
+        if kind == "onecycle":  # torch OneCycleLR's shape (30% warm-up from lr/25, cosine down to lr/1e4)
+            up = max(1, int(0.3 * total))
+            if step < up:
+                return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / up))
+            p = min(1.0, (step - up) / max(1, total - up))
+            return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * p))
+        raise ValueError(f"unknown lr_schedule {kind!r}: onecycle | cosine | constant")
+
+    return f
+
+
+def evaluate_quick(cfg, segmenter_fn, val_ds, num_classes, ignore_index) -> float:
+    """Val mIoU at the labels' full resolution (segmenter_fn: list of uint8 HxWx3 -> (N,H,W) labels)."""
+    from training.metrics import ConfusionMatrix
+
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    bs = 8
+    for i in range(0, len(val_ds), bs):
+        pairs = [val_ds.raw(j) for j in range(i, min(i + bs, len(val_ds)))]
+        imgs = [p[0].permute(1, 2, 0).numpy() for p in pairs]
+        preds = segmenter_fn(imgs)
+        for p, (_, lab) in zip(preds, pairs):
+            cm.update(p, lab)
+    return cm.miou()
+
+
+def latest_checkpoint(ckpt_root: str) -> Optional[str]:
+    if not os.path.isdir(ckpt_root):
+        return None
+    cks = [d for d in os.listdir(ckpt_root) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
+    return os.path.join(ckpt_root, max(cks, key=lambda d: int(d.split("-")[-1]))) if cks else None
+
+
+def plot_log(csv_path: str, png_path: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps, loss, vsteps, vmiou = [], [], [], []
+    with open(csv_path) as f:
+        for r in csv.DictReader(f):
+            if r["loss"]:
+                steps.append(int(r["step"])); loss.append(float(r["loss"]))
+            if r["val_miou"]:
+                vsteps.append(int(r["step"])); vmiou.append(float(r["val_miou"]))
+    fig, ax = plt.subplots(1, 2, figsize=(10, 3.5))
+    ax[0].plot(steps, loss); ax[0].set_xlabel("step"); ax[0].set_ylabel("train loss"); ax[0].set_yscale("log")
+    ax[1].plot(vsteps, vmiou, "o-"); ax[1].set_xlabel("step"); ax[1].set_ylabel("val mIoU (full res)")
+    fig.tight_layout(); fig.savefig(png_path, dpi=100); plt.close(fig)
+
+
+# -------------------------------------------------------------------------------------------------- main
+def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
+    cfg = load_config(argv)
+    if cfg["num_threads"]:
+        torch.set_num_threads(int(cfg["num_threads"]))
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration, set_seed
+
+    out = cfg["output_dir"]
+    use_cpu = not torch.cuda.is_available()
+    mp = cfg["mixed_precision"] or "no"
+    accelerator = Accelerator(mixed_precision=mp, cpu=use_cpu,
+                              project_config=ProjectConfiguration(project_dir=out, automatic_checkpoint_naming=False))
+    set_seed(int(cfg["seed"]) + accelerator.process_index)
+    is_main = accelerator.is_main_process
+    if is_main:
+        os.makedirs(out, exist_ok=True)
+        with open(os.path.join(out, "config.yaml"), "w") as f:
+            yaml.safe_dump({k: v for k, v in cfg.items()}, f, sort_keys=False)
+
+    aug = AugmentConfig(cfg["scale_min"], cfg["scale_max"], cfg["hflip"])
+    train_ds = build_dataset(cfg["dataset"], cfg["data_root"], cfg["train_split"], size=tuple(cfg["resolution"]),
+                             train=True, aug=aug, preload=cfg["preload"], seed=int(cfg["seed"]),
+                             max_samples=cfg["max_train_samples"])
+    val_ds = None
+    if cfg["val_split"]:
+        val_ds = build_dataset(cfg["dataset"], cfg["data_root"], cfg["val_split"], size=None, train=False,
+                               preload=cfg["preload"], max_samples=cfg["max_val_samples"])
+    info = dataset_info(train_ds)
+    k, ignore = len(info["class_names"]), info["ignore_index"]
+
+    pipe = None
+    if cfg["objective"] == "semflow":
+        pipe = build_pipeline(cfg, info)
+        model = pipe.unet
+        if pipe.vae is not None:
+            pipe.vae.to(accelerator.device)
+            if pipe.text_encoder is not None:
+                pipe.text_encoder.to(accelerator.device)
+    elif cfg["objective"] == "ce":
+        s = int(cfg["space_to_depth"])
+        h, w = cfg["resolution"]
+        model = build_unet(3 * s * s, k * s * s, (h // s, w // s), cfg["block_out_channels"],
+                           cfg["layers_per_block"], cfg["attention_levels"], cfg["norm_num_groups"])
+    else:
+        raise ValueError(f"objective must be semflow or ce, got {cfg['objective']!r}")
+    n_params = sum(p.numel() for p in model.parameters())
+
+    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["learning_rate"]),
+                                  weight_decay=float(cfg["weight_decay"]))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(cfg))
+    ema = None
+    if cfg["ema"]:
+        from diffusers.training_utils import EMAModel
+        ema = EMAModel(model.parameters(), decay=float(cfg["ema_decay"]))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # The LR schedule is stepped once per optimisation step by us (a prepared one steps num_processes times).
+    accelerator.register_for_checkpointing(lr_sched)
+    if ema is not None:
+        ema.to(accelerator.device)
+        accelerator.register_for_checkpointing(ema)
+
+    ckpt_root = os.path.join(out, "checkpoints")
+    start_step = 0
+    if cfg["resume_from_checkpoint"]:
+        path = latest_checkpoint(ckpt_root) if cfg["resume_from_checkpoint"] == "latest" else cfg["resume_from_checkpoint"]
+        if path is None:
+            accelerator.print(f"no checkpoint in {ckpt_root}; starting from scratch")
+        else:
+            accelerator.load_state(path)
+            start_step = int(os.path.basename(path.rstrip("/")).split("-")[-1])
+            accelerator.print(f"resumed from {path} at step {start_step}")
+
+    batches = StepBatches(train_ds, int(cfg["batch_size"]), accelerator.num_processes, accelerator.process_index,
+                          int(cfg["seed"]))
+    total = int(cfg["train_steps"])
+    log_path = os.path.join(out, "log.csv")
+    if is_main and (start_step == 0 or not os.path.isfile(log_path)):
+        with open(log_path, "w", newline="") as f:
+            csv.writer(f).writerow(["step", "loss", "lr", "val_miou", "elapsed_s"])
+    tb = None
+    if is_main and cfg["tensorboard"]:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            tb = SummaryWriter(os.path.join(out, "tb"))
+        except Exception:  # tensorboard not installed: CSV only
+            tb = None
+
+    plain = accelerator.unwrap_model(model)
+
+    def segment_fn_factory():
+        if pipe is not None:
+            return lambda imgs: pipe.segment(imgs, num_inference_steps=int(cfg["val_num_inference_steps"]),
+                                             batch_size=8, output_type="np").labels
+        seg = BaselineSegmenter(plain, info["class_names"], ignore, tuple(cfg["resolution"]), int(cfg["space_to_depth"]))
+        return lambda imgs: seg.segment(imgs)
+
+    def run_val() -> float:
+        was_training = plain.training
+        plain.eval()
+        if ema is not None:
+            ema.store(plain.parameters()); ema.copy_to(plain.parameters())
+        with torch.no_grad(), accelerator.autocast():
+            miou = evaluate_quick(cfg, segment_fn_factory(), val_ds, k, ignore)
+        if ema is not None:
+            ema.restore(plain.parameters())
+        plain.train(was_training)
+        return miou
+
+    from tqdm.auto import tqdm
+
+    gen = torch.Generator().manual_seed(int(cfg["seed"]) * 1000 + accelerator.process_index)
+    t0 = time.time()
+    prior_elapsed = 0.0
+    state_file = os.path.join(out, "wall_time.json")
+    if start_step and os.path.isfile(state_file):
+        with open(state_file) as f:
+            prior_elapsed = json.load(f).get("elapsed_s", 0.0)
+    model.train()
+    bar = tqdm(range(start_step, total), initial=start_step, total=total, disable=not is_main, desc="train")
+    running, n_run = 0.0, 0
+    last_val = None
+    for step in bar:
+        # Per-step generator state, so a resumed run draws the same t / perturbations as an uninterrupted one.
+        gen.manual_seed((int(cfg["seed"]) * 1000 + accelerator.process_index) * 1_000_003 + step)
+        batch = {k_: v.to(accelerator.device) for k_, v in batches(step).items()}
+        with accelerator.autocast():
+            if pipe is not None:
+                with pipe_uses(pipe, model):
+                    loss = semflow_loss(pipe, batch, cfg, gen)
+            else:
+                loss = ce_loss(model, batch, cfg, ignore)
+        accelerator.backward(loss)
+        if cfg["max_grad_norm"]:
+            accelerator.clip_grad_norm_(model.parameters(), float(cfg["max_grad_norm"]))
+        optimizer.step()
+        lr_sched.step()
+        optimizer.zero_grad(set_to_none=True)
+        if ema is not None:
+            ema.step(plain.parameters())
+        done = step + 1
+        running += loss.detach().float().item(); n_run += 1
+        elapsed = prior_elapsed + time.time() - t0
+        row = None
+        if done % int(cfg["log_every"]) == 0 or done == total:
+            mean_loss = accelerator.gather(torch.tensor([running / n_run], device=accelerator.device)).mean().item()
+            row = [done, f"{mean_loss:.6f}", f"{lr_sched.get_last_lr()[0]:.3e}", "", f"{elapsed:.1f}"]
+            bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr_sched.get_last_lr()[0]:.2e}")
+            if tb is not None:
+                tb.add_scalar("train/loss", mean_loss, done)
+            running, n_run = 0.0, 0
+        if val_ds is not None and cfg["val_every"] and (done % int(cfg["val_every"]) == 0 or done == total):
+            if is_main:
+                last_val = run_val()
+                row = row or [done, "", "", "", f"{elapsed:.1f}"]
+                row[3] = f"{last_val:.4f}"
+                accelerator.print(f"step {done}: val mIoU {last_val:.4f}")
+                if tb is not None:
+                    tb.add_scalar("val/miou", last_val, done)
+            accelerator.wait_for_everyone()
+        if row is not None and is_main:
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow(row)
+        if cfg["checkpointing_steps"] and done % int(cfg["checkpointing_steps"]) == 0 and done < total:
+            accelerator.wait_for_everyone()
+            path = os.path.join(ckpt_root, f"checkpoint-{done}")
+            accelerator.save_state(path)
+            if is_main:
+                with open(state_file, "w") as f:
+                    json.dump({"elapsed_s": elapsed, "step": done}, f)
+                limit = cfg["checkpoints_total_limit"]
+                if limit:
+                    cks = sorted((d for d in os.listdir(ckpt_root) if d.startswith("checkpoint-")),
+                                 key=lambda d: int(d.split("-")[-1]))
+                    for d in cks[:-int(limit)]:
+                        shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+    bar.close()
+    accelerator.wait_for_everyone()
+    wall = prior_elapsed + time.time() - t0
+    result = {"steps": total, "wall_time_s": wall, "params": n_params, "final_val_miou": last_val}
+    if is_main:
+        if ema is not None:
+            ema.copy_to(plain.parameters())
+        plain.eval()
+        final_dir = os.path.join(out, "final")
+        if pipe is not None:
+            pipe.save_pretrained(final_dir)
+        else:
+            BaselineSegmenter(plain, info["class_names"], ignore, tuple(cfg["resolution"]),
+                              int(cfg["space_to_depth"]), info["colors"]).save_pretrained(final_dir)
+        try:
+            plot_log(log_path, os.path.join(out, "training_curves.png"))
+        except Exception as e:  # a plot must never lose a finished run
+            print(f"plot failed: {e}")
+        result["final_dir"] = final_dir
+        table = None
+        if cfg["final_eval"] and val_ds is not None:
+            from training.evaluate import evaluate_model, format_results
+            res = evaluate_model(final_dir, val_ds, cfg["eval_num_inference_steps"] if pipe is not None else [1])
+            table = format_results(res)
+            result["eval"] = res
+            with open(os.path.join(out, "eval.json"), "w") as f:
+                json.dump(res, f, indent=2)
+            print(table)
+        from training.model_card import write_model_card
+        write_model_card(final_dir, cfg, info, result, table, hardware=hardware_string(accelerator))
+        with open(os.path.join(out, "result.json"), "w") as f:
+            json.dump({k_: v for k_, v in result.items() if k_ != "eval"}, f, indent=2)
+        if tb is not None:
+            tb.close()
+    accelerator.end_training()
+    return result
+
+
+def hardware_string(accelerator) -> str:
+    if torch.cuda.is_available():
+        dev = torch.cuda.get_device_name(0)
+    else:
+        dev = f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch threads {torch.get_num_threads()})"
+    return f"{accelerator.num_processes} process(es), {dev}, torch {torch.__version__}, mixed_precision={accelerator.mixed_precision}"
+
+
+if __name__ == "__main__":
+    main()

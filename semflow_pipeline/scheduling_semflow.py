@@ -42,8 +42,7 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
     Args:
         num_train_timesteps: scale of the network's time input, ``timestep = t * num_train_timesteps``.
         prediction_type: ``"velocity"`` or ``"endpoints"`` (see the module docstring).
-        solver: ``"euler"`` (one network call per step) or ``"heun"`` (two calls per step but the last, whose
-            corrector would sit on the end point).
+        solver: ``"euler"`` (one network call per step) or ``"heun"`` (second order, two calls per step).
     """
 
     order = 1
@@ -74,8 +73,8 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
     ) -> None:
         """Sets ``timesteps``, the network's time inputs in call order, for ``num_inference_steps`` steps.
 
-        Euler calls the network at ``t_0..t_{N-1}``; Heun adds a corrector call at every knot but the last,
-        so ``len(timesteps) == 2N - 1`` network calls.
+        Euler calls the network at ``t_0..t_{N-1}``; Heun adds a corrector call at the end of every step,
+        so ``len(timesteps) == 2N`` network calls.
         """
         if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
             raise ValueError(f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r}.")
@@ -87,8 +86,8 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
         self.time_grid = grid.float().to(device)
         times = grid[:-1]
         if self.config.solver == "heun":
-            # predictor at t_i, corrector at t_{i+1}; the last step stays Euler (no call at the end point).
-            times = torch.cat([times[:1], grid[1:-1].repeat_interleave(2)]) if num_inference_steps > 1 else times
+            # predictor at t_i, corrector at t_{i+1}: t_0, t_1, t_1, t_2, t_2, ..., t_N.
+            times = torch.cat([grid[:1], grid[1:-1].repeat_interleave(2), grid[-1:]])
         self.timesteps = (times * self.config.num_train_timesteps).float().to(device)
         self.num_inference_steps = num_inference_steps
         self.direction = direction
@@ -149,17 +148,23 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
         forward = self.direction == "segment"
         v = self.velocity(model_output, t, sample, forward)
 
-        if self.config.solver == "euler" or self._is_last_euler_step():
+        if self.config.solver == "euler":
             i = self._knot_index()
             dt = self.time_grid[i + 1] - self.time_grid[i]
-            prev_sample = sample + dt * v
+            if self.config.prediction_type == "endpoints" and (1 - t if forward else t) > 1e-4:
+                # The same Euler step written as a move towards the predicted end; lerp lands on it exactly
+                # when the step reaches the end (weight 1), e.g. 1-step segmentation returns mask_hat itself.
+                end = model_output.chunk(2, dim=1)[0 if forward else 1]
+                prev_sample = torch.lerp(sample, end, (dt.abs() / (1 - t if forward else t)).item())
+            else:
+                prev_sample = sample + dt * v
         elif self._first_derivative is None:  # Heun predictor
             i = self._knot_index()
             dt = self.time_grid[i + 1] - self.time_grid[i]
             self._first_derivative, self._start_sample = v, sample
             prev_sample = sample + dt * v
         else:  # Heun corrector: average the slopes at both ends of the step
-            i = self._knot_index() - 1
+            i = self._knot_index()
             dt = self.time_grid[i + 1] - self.time_grid[i]
             prev_sample = self._start_sample + dt * 0.5 * (self._first_derivative + v)
             self._first_derivative, self._start_sample = None, None
@@ -172,12 +177,8 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
 
     def _knot_index(self) -> int:
         """Index of the knot the current call sits on."""
-        if self.config.solver == "euler":
-            return self._step_index
-        return (self._step_index + 1) // 2
-
-    def _is_last_euler_step(self) -> bool:
-        return self._step_index == len(self.timesteps) - 1 and self._first_derivative is None
+        # Heun calls come in pairs (predictor at t_i, corrector at t_{i+1}) that both belong to step i.
+        return self._step_index if self.config.solver == "euler" else self._step_index // 2
 
     def __len__(self) -> int:
         return self.config.num_train_timesteps

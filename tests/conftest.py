@@ -1,0 +1,21 @@
+"""Shared fixtures: tiny SemFlow pipelines built in-process (no downloads)."""
+
+import os
+
+# Before any Hub client is imported: a failed Hub look-up otherwise retries for ~20 s.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+
+import pytest  # noqa: E402
+
+from semflow_tiny import CAMVID_CLASSES, tiny_latent_pipeline, tiny_pixel_pipeline  # noqa: E402,F401
+
+
+@pytest.fixture
+def pixel_pipe():
+    return tiny_pixel_pipeline(prediction_type="endpoints", palette="simplex")
+
+
+@pytest.fixture
+def latent_pipe():
+    return tiny_latent_pipeline()

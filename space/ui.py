@@ -298,7 +298,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                             with gr.Tab("Paint a mask", id="paint"):
                                 canvas = gr.ImageEditor(
                                     label="Paint with one brush per class; unpainted = background class",
-                                    type="numpy", image_mode="RGBA", sources=["upload"],
+                                    type="numpy", image_mode="RGBA", sources=["upload"], format="png",
                                     canvas_size=CANVAS_SIZE, transforms=[], layers=False,
                                     brush=gr.Brush(colors=hex_colors, default_color=hex_colors[0],
                                                    color_mode="fixed", default_size=12),
@@ -329,7 +329,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         edit_photo = gr.Image(label="Photo (as segmented)", interactive=False)
                     with gr.Column(scale=2):
                         edit_canvas = gr.ImageEditor(
-                            label="Predicted mask: repaint it", type="numpy", image_mode="RGBA", sources=[],
+                            label="Predicted mask: repaint it", type="numpy", image_mode="RGBA", sources=[], format="png",
                             transforms=[], layers=False,
                             brush=gr.Brush(colors=hex_colors, default_color=hex_colors[0], color_mode="fixed",
                                            default_size=12),

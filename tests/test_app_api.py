@@ -1,0 +1,221 @@
+"""The Space through gradio_client: named endpoints, result sizes and types, bad input, concurrency."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from gradio_client.exceptions import AppError
+from PIL import Image
+
+from app_fixtures import app_url, tiny_model_dir  # noqa: F401
+from semflow_tiny import CAMVID_CLASSES, CAMVID_COLORS
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "space" / "examples"
+K = len(CAMVID_CLASSES)
+
+
+@pytest.fixture(scope="module")
+def client(app_url):  # noqa: F811
+    return Client(app_url, verbose=False)
+
+
+def _photo(path: Path, size=(120, 90), mode="RGB") -> str:
+    """A street-like picture: the colour-coded example layout, resized (any RGB picture would do)."""
+    im = Image.open(EXAMPLES / "street_0_color.png").convert("RGB").resize(size, Image.BILINEAR)
+    if mode == "I;16":
+        arr = (np.asarray(im.convert("L")).astype(np.uint16) * 257)
+        im = Image.fromarray(arr)  # uint16 -> mode "I;16"
+        assert im.mode == "I;16"
+    elif mode != "RGB":
+        im = im.convert(mode)
+    im.save(path)
+    return str(path)
+
+
+def _segment(client, path, steps=1, opacity=0.5):
+    return client.predict(handle_file(str(path)), steps, opacity, api_name="/segment")
+
+
+def test_api_lists_named_endpoints(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/segment", "/synthesize", "/synthesize_canvas", "/flow"} <= names
+
+
+def test_segment_returns_maps_at_input_size(client, tmp_path):
+    color_map, overlay, conf, legend, label_png, = _segment(client, _photo(tmp_path / "p.png", (121, 93)), steps=2)
+    labels = Image.open(label_png)
+    assert labels.mode == "L" and labels.size == (121, 93)
+    ids = np.asarray(labels)
+    assert ids.max() < K
+    for p in (color_map, overlay, conf):
+        im = Image.open(p)
+        assert im.size == (121, 93) and im.mode in ("RGB", "RGBA")
+    # The colour map holds exactly the legend colours of the label ids.
+    colors = np.asarray(Image.open(color_map).convert("RGB"))
+    assert np.array_equal(colors, np.asarray(CAMVID_COLORS, np.uint8)[ids])
+    assert "share" in legend and all(name in legend for name in CAMVID_CLASSES)
+
+
+@pytest.mark.parametrize("mode", ["RGBA", "L", "I;16", "P", "CMYK"])
+def test_segment_accepts_other_pixel_formats(client, tmp_path, mode):
+    suffix = ".jpg" if mode == "CMYK" else ".png"
+    *_, label_png = _segment(client, _photo(tmp_path / f"p{suffix}", (64, 48), mode))
+    assert Image.open(label_png).size == (64, 48)
+
+
+def test_segment_huge_image_result_at_input_size(client, tmp_path):
+    # 12 megapixels: processed at the model's resolution, label ids returned at the input's size, shown smaller.
+    path = tmp_path / "huge.png"
+    Image.open(EXAMPLES / "street_1_color.png").convert("RGB").resize((4000, 3000), Image.NEAREST).save(path)
+    color_map, overlay, conf, legend, label_png = _segment(client, path)
+    assert Image.open(label_png).size == (4000, 3000)
+    assert max(Image.open(color_map).size) <= 2048
+
+
+@pytest.mark.parametrize(
+    "name, content, message",
+    [
+        ("notes.png", b"this is not an image", "not an image"),
+        ("empty.png", b"", "empty file"),
+        ("truncated.png", None, "damaged or truncated"),
+    ],
+)
+def test_bad_file_gives_error_and_app_keeps_serving(client, tmp_path, name, content, message):
+    path = tmp_path / name
+    if content is None:  # a real PNG cut in half
+        _photo(tmp_path / "full.png", (200, 150))
+        data = (tmp_path / "full.png").read_bytes()
+        content = data[: len(data) // 2]
+    path.write_bytes(content)
+    with pytest.raises(AppError, match=message):
+        _segment(client, path)
+    with pytest.raises(AppError, match=message):
+        client.predict(handle_file(str(path)), 1, 0.05, 0, 1, api_name="/synthesize")
+    # Still serving.
+    *_, label_png = _segment(client, _photo(tmp_path / "ok.png", (40, 30)))
+    assert Image.open(label_png).size == (40, 30)
+
+
+def test_too_many_megapixels_is_refused(client, tmp_path):
+    path = tmp_path / "giant.png"
+    Image.new("L", (8000, 6000)).save(path)  # 48 MP, a few kB on disk
+    with pytest.raises(AppError, match="megapixels"):
+        _segment(client, path)
+
+
+def test_synthesize_from_label_ids(client):
+    gallery, mask_used = client.predict(
+        handle_file(str(EXAMPLES / "street_0.png")), 2, 0.05, 7, 3, api_name="/synthesize"
+    )
+    assert len(gallery) == 3
+    for item in gallery:
+        im = Image.open(item["image"])
+        assert im.size == (480, 360) and im.mode == "RGB"
+    ids = np.asarray(Image.open(EXAMPLES / "street_0.png"))
+    assert np.array_equal(np.asarray(Image.open(mask_used).convert("RGB")), np.asarray(CAMVID_COLORS, np.uint8)[ids])
+
+
+def test_synthesize_from_colour_mask_same_as_ids(client):
+    a, _ = client.predict(handle_file(str(EXAMPLES / "street_2.png")), 1, 0.05, 3, 1, api_name="/synthesize")
+    b, _ = client.predict(handle_file(str(EXAMPLES / "street_2_color.png")), 1, 0.05, 3, 1, api_name="/synthesize")
+    assert np.array_equal(np.asarray(Image.open(a[0]["image"])), np.asarray(Image.open(b[0]["image"])))
+
+
+def test_synthesize_seeds(client):
+    def run(seed):
+        g, _ = client.predict(handle_file(str(EXAMPLES / "street_1.png")), 1, 0.2, seed, 1, api_name="/synthesize")
+        return np.asarray(Image.open(g[0]["image"]))
+
+    assert np.array_equal(run(1), run(1))
+    assert not np.array_equal(run(1), run(2))
+
+
+def test_synthesize_bad_masks_name_the_problem(client, tmp_path):
+    rgb = np.asarray(Image.open(EXAMPLES / "street_0_color.png").convert("RGB")).copy()
+    rgb[:10, :10] = (255, 0, 255)
+    Image.fromarray(rgb).save(tmp_path / "magenta.png")
+    with pytest.raises(AppError, match="#ff00ff"):
+        client.predict(handle_file(str(tmp_path / "magenta.png")), 1, 0.05, 0, 1, api_name="/synthesize")
+
+    ids = np.asarray(Image.open(EXAMPLES / "street_0.png")).copy()
+    ids[0, 0] = 42
+    Image.fromarray(ids).save(tmp_path / "ids42.png")
+    with pytest.raises(AppError, match="42"):
+        client.predict(handle_file(str(tmp_path / "ids42.png")), 1, 0.05, 0, 1, api_name="/synthesize")
+
+    with pytest.raises(AppError, match="greater than maximum"):  # gradio's own bound check on the slider
+        client.predict(handle_file(str(EXAMPLES / "street_0.png")), 1, 5.0, 0, 1, api_name="/synthesize")
+
+
+def _layer(path, size, strokes):
+    """An RGBA paint layer: transparent, with filled rectangles of brush colours and an anti-aliased edge."""
+    arr = np.zeros((size[1], size[0], 4), np.uint8)
+    for (x0, y0, x1, y1), rgb in strokes:
+        arr[y0:y1, x0:x1, :3] = rgb
+        arr[y0:y1, x0:x1, 3] = 255
+        arr[y1, x0:x1, :3] = rgb  # a half-transparent, slightly off-colour rim, as a browser brush leaves
+        arr[y1, x0:x1, 3] = 140
+        arr[y1 + 1, x0:x1, :3] = rgb
+        arr[y1 + 1, x0:x1, 3] = 60
+    Image.fromarray(arr, "RGBA").save(path)
+    return handle_file(str(path))
+
+
+def test_synthesize_canvas(client, tmp_path):
+    road, car = CAMVID_COLORS[3], [66, 2, 125]  # the car stroke is near, not exactly, the car colour
+    layer = _layer(tmp_path / "layer.png", (96, 72), [((0, 40, 96, 70), road), ((20, 30, 50, 45), car)])
+    editor = {"background": None, "layers": [layer], "composite": layer, "id": None}
+    gallery, mask_used = client.predict(editor, 1, 2, 0.05, 0, 2, api_name="/synthesize_canvas")
+    assert len(gallery) == 2 and Image.open(gallery[0]["image"]).size == (96, 72)
+    used = np.asarray(Image.open(mask_used).convert("RGB"))
+    assert tuple(used[5, 5]) == tuple(CAMVID_COLORS[1])  # unpainted -> background class "building" (id 1)
+    assert tuple(used[35, 30]) == tuple(CAMVID_COLORS[8])  # snapped to the car colour
+    assert tuple(used[60, 80]) == tuple(CAMVID_COLORS[3])
+    assert len({tuple(c) for c in used.reshape(-1, 3)}) == 3  # nothing but the three classes
+
+
+def test_empty_canvas_is_an_error(client, tmp_path):
+    layer = _layer(tmp_path / "blank.png", (96, 72), [])
+    editor = {"background": None, "layers": [layer], "composite": layer, "id": None}
+    with pytest.raises(AppError, match="canvas is empty"):
+        client.predict(editor, 0, 1, 0.05, 0, 1, api_name="/synthesize_canvas")
+
+
+def test_edit_predict_then_synthesize(client, tmp_path):
+    editor, photo = client.predict(handle_file(_photo(tmp_path / "p.png", (80, 60))), 1, api_name="/edit_predict")
+    assert Image.open(editor["background"]).size == (80, 60)
+    # The canvas is PNG, so the predicted mask's colours round-trip exactly.
+    assert Image.open(editor["background"]).format == "PNG"
+    editor = {"background": handle_file(editor["background"]), "layers": [], "composite": None, "id": None}
+    gallery, _ = client.predict(editor, 1, 0.05, 0, 1, api_name="/edit_synthesize")
+    assert Image.open(gallery[0]["image"]).size == (80, 60)
+
+
+def test_flow_shows_every_state(client, tmp_path):
+    forward, backward = client.predict(handle_file(_photo(tmp_path / "p.png", (64, 48))), 4, api_name="/flow")
+    assert [g["caption"] for g in forward] == ["t = 0.00", "t = 0.25", "t = 0.50", "t = 0.75", "t = 1.00"]
+    assert [g["caption"] for g in backward] == ["t = 1.00", "t = 0.75", "t = 0.50", "t = 0.25", "t = 0.00"]
+
+
+def test_twenty_concurrent_requests_all_complete(app_url, tmp_path):  # noqa: F811
+    photo = _photo(tmp_path / "p.png", (96, 72))
+    mask = str(EXAMPLES / "street_3.png")
+
+    def one(i):
+        c = Client(app_url, verbose=False)  # separate clients = separate sessions, as 20 users would be
+        if i % 2:
+            *_, label_png = c.predict(handle_file(photo), 1, 0.5, api_name="/segment")
+            return Image.open(label_png).size
+        gallery, _ = c.predict(handle_file(mask), 1, 0.05, i, 1, api_name="/synthesize")
+        return Image.open(gallery[0]["image"]).size
+
+    t0 = time.time()
+    with cf.ThreadPoolExecutor(max_workers=20) as pool:
+        sizes = list(pool.map(one, range(20), timeout=180))
+    assert sizes == [(480, 360) if i % 2 == 0 else (96, 72) for i in range(20)]
+    assert time.time() - t0 < 180

@@ -588,18 +588,7 @@ class SemFlowPipeline(DiffusionPipeline):
         root, the scheduler's in ``scheduler/``, and ``model_index.json`` names those files."""
         kwargs.setdefault("safe_serialization", True)
         super().save_pretrained(save_directory, **kwargs)
-        here = os.path.dirname(os.path.abspath(__file__))
-        for name in ("pipeline_semflow.py", "anchors.py", "scheduling_semflow.py"):
-            shutil.copyfile(os.path.join(here, name), os.path.join(save_directory, name))
-        shutil.copyfile(os.path.join(here, "scheduling_semflow.py"),
-                        os.path.join(save_directory, "scheduler", "scheduling_semflow.py"))
-        index_path = os.path.join(save_directory, "model_index.json")
-        index = self._dict_from_json_file(index_path)
-        index["_class_name"] = ["pipeline_semflow", "SemFlowPipeline"]
-        index["scheduler"] = ["scheduling_semflow", "SemFlowScheduler"]
-        with open(index_path, "w", encoding="utf-8") as f:
-            json.dump(index, f, indent=2, sort_keys=True)
-            f.write("\n")
+        write_remote_code(save_directory)
 
     @classmethod
     def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
@@ -641,6 +630,32 @@ class SemFlowPipeline(DiffusionPipeline):
         pipe = cls(**init)
         pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
         return pipe
+
+
+REMOTE_CODE_FILES = {  # file in this package -> where a saved pipeline folder holds a copy
+    "pipeline_semflow.py": ["pipeline_semflow.py"],
+    "anchors.py": ["anchors.py"],
+    "scheduling_semflow.py": ["scheduling_semflow.py", "scheduler/scheduling_semflow.py"],
+}
+
+
+def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
+    """Copies this package's code into a saved pipeline folder and points ``model_index.json`` at it.
+
+    Also refreshes the code of an existing checkpoint folder after the package changed.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name, targets in REMOTE_CODE_FILES.items():
+        for target in targets:
+            shutil.copyfile(os.path.join(here, name), os.path.join(save_directory, target))
+    index_path = os.path.join(save_directory, "model_index.json")
+    with open(index_path, encoding="utf-8") as f:
+        index = json.load(f)
+    index["_class_name"] = ["pipeline_semflow", "SemFlowPipeline"]
+    index["scheduler"] = ["scheduling_semflow", "SemFlowScheduler"]
+    with open(index_path, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+        f.write("\n")
 
 
 def default_label_colors(num_classes: int) -> np.ndarray:

@@ -46,11 +46,8 @@ class UploadedImage(gr.Image):
     """
 
     is_template = True  # use the parent's frontend component
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("type", "filepath")
-        kwargs.setdefault("image_mode", None)
-        super().__init__(**kwargs)
+    # No __init__ override: gradio builds the frontend props from the constructor's signature. Create it with
+    # type="filepath", image_mode=None (see _upload()).
 
     def preprocess(self, payload):
         if payload is None:
@@ -61,6 +58,10 @@ class UploadedImage(gr.Image):
             return super().preprocess(payload)
         except Exception as e:
             raise gr.Error(f"Could not read the pasted image ({e}).")
+
+
+def _upload(**kwargs) -> UploadedImage:
+    return UploadedImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
 
 
 def user_errors(fn):
@@ -261,7 +262,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
             with gr.Tab("Segment", id="segment"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        seg_in = UploadedImage(label="Photo", sources=["upload", "clipboard"], elem_id="seg-input")
+                        seg_in = _upload(label="Photo", elem_id="seg-input")
                         seg_steps = gr.Slider(1, MAX_STEPS, value=model.default_steps, step=1, label="Steps",
                                               info="1 step is one network call; more steps follow the ODE's curve",
                                               elem_id="seg-steps")
@@ -288,9 +289,9 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                     with gr.Column(scale=1):
                         with gr.Tabs():
                             with gr.Tab("Upload a mask", id="upload"):
-                                syn_in = UploadedImage(
+                                syn_in = _upload(
                                     label="Mask: single-channel label-id PNG, or colours from the legend",
-                                    sources=["upload", "clipboard"], elem_id="syn-input",
+                                    elem_id="syn-input",
                                 )
                                 syn_btn = gr.Button("Synthesize", variant="primary", elem_id="syn-run")
                                 gr.Examples(mask_examples("ids") + mask_examples("color"), inputs=[syn_in],
@@ -320,7 +321,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                             "(e.g. turn road into pavement, add a car). 3. Synthesize a new photo with that layout.")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        edit_in = UploadedImage(label="Photo", sources=["upload", "clipboard"], elem_id="edit-input")
+                        edit_in = _upload(label="Photo", elem_id="edit-input")
                         edit_seg_steps = gr.Slider(1, MAX_STEPS, value=model.default_steps, step=1,
                                                    label="Segmentation steps")
                         edit_predict_btn = gr.Button("1. Predict mask", elem_id="edit-predict")
@@ -346,7 +347,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                             "t: 0 → 1), then the predicted mask flows back into a photo (synthesis, t: 1 → 0).")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        flow_in = UploadedImage(label="Photo", sources=["upload", "clipboard"], elem_id="flow-input")
+                        flow_in = _upload(label="Photo", elem_id="flow-input")
                         flow_steps = gr.Slider(1, MAX_STEPS, value=8, step=1, label="Steps", elem_id="flow-steps")
                         flow_btn = gr.Button("Show the flow", variant="primary", elem_id="flow-run")
                         if photo_examples:

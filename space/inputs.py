@@ -175,6 +175,13 @@ def editor_to_ids(value: Optional[dict], palette: np.ndarray, background_class: 
     ids = np.full(shape, int(background_class), dtype=np.int64)
     has_background = background is not None and (background[..., 3] >= alpha_threshold).any()
     if has_background:
+        # The editor's blank canvas arrives as an opaque plain white background: a uniform background that is
+        # not a class colour is unpainted canvas, not a mask.
+        first = background[0, 0]
+        uniform = bool((background == first).all())
+        if uniform and not (np.asarray(palette, np.uint8) == first[:3]).all(axis=1).any():
+            has_background = False
+    if has_background:
         if background.shape[:2] != shape:
             raise InputError(f"The canvas background ({background.shape[1]}x{background.shape[0]}) and its layers "
                              f"({shape[1]}x{shape[0]}) differ in size; clear the canvas and start again.")

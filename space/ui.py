@@ -311,7 +311,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                                        elem_id="syn-canvas-run")
                         syn_steps, syn_beta, syn_seed, syn_n = synthesis_settings("syn")
                         gr.HTML(legend)
-                    with gr.Column(scale=2):
+                    with gr.Column(scale=1):
                         syn_gallery = gr.Gallery(label="Samples", columns=2, format="png", elem_id="syn-gallery")
                         syn_mask = gr.Image(label="Mask used", format="png", interactive=False, elem_id="syn-mask")
 

@@ -47,11 +47,8 @@ class UploadedImage(gr.Image):
     """
 
     is_template = True  # use the parent's frontend component
-
-    def __init__(self, **kwargs):
-        kwargs.setdefault("type", "filepath")
-        kwargs.setdefault("image_mode", None)
-        super().__init__(**kwargs)
+    # No __init__ override: gradio builds the frontend props from the constructor's signature. Create it with
+    # type="filepath", image_mode=None (see _upload()).
 
     def preprocess(self, payload):
         if payload is None:

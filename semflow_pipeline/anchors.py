@@ -96,6 +96,7 @@ class AnchorCodec:
         self.min_distance = float(dist.min())
         self._class_anchors = class_anchors  # (K, C_cls)
         self._class_sqnorm = (class_anchors**2).sum(dim=1)  # (K,)
+        self._encode_table = torch.cat([anchors, ignore[None]])  # (K + 1, C): row K is the ignore anchor
 
     @property
     def num_channels(self) -> int:
@@ -115,7 +116,7 @@ class AnchorCodec:
     def encode(self, labels: torch.Tensor) -> torch.Tensor:
         """Label map ``(N, H, W)`` (int) -> anchor image ``(N, C, H, W)`` in [-1, 1] (the ODE's t=1 end)."""
         labels = labels.long()
-        table = torch.cat([self.anchors, self.ignore_anchor[None]]).to(labels.device)  # (K + 1, C)
+        table = self._encode_table.to(labels.device)  # (K + 1, C), built once
         valid = (labels >= 0) & (labels < self.num_classes)
         if self.ignore_index is not None:
             valid |= labels == self.ignore_index

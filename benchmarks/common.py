@@ -130,6 +130,24 @@ def time_fn(fn: Callable[[], Any], repeats: int, warmup: int) -> Dict[str, float
     return summarize(ts)
 
 
+def time_paired(floor: Callable[[], Any], fn: Callable[[], Any], repeats: int, warmup: int):
+    """Alternates ``floor`` and ``fn`` ``repeats`` times (after ``warmup`` untimed pairs) -> (floor stats, fn stats,
+    per-pair ratio fn/floor stats). Pairing keeps the ratio meaningful when the CPU load drifts."""
+    for _ in range(warmup):
+        floor()
+        fn()
+    ta, tb = [], []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        floor()
+        t1 = time.perf_counter()
+        fn()
+        t2 = time.perf_counter()
+        ta.append(t1 - t)
+        tb.append(t2 - t1)
+    return summarize(ta), summarize(tb), summarize([b / a for a, b in zip(ta, tb)])
+
+
 def summarize(ts: Sequence[float]) -> Dict[str, float]:
     ts = sorted(float(t) for t in ts)
     q = np.percentile(ts, [25, 75]) if len(ts) > 1 else [ts[0], ts[0]]

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from common import (RESULTS, ContentionMonitor, add_common_args, current_rss_mb, fmt_s,  # noqa: E402
                     load_pipeline, load_val_images, machine_info, markdown, model_summary, peak_rss_mb,
-                    reset_peak_rss, resolve_model_arg, scale, setup_torch, summarize, time_fn, write_json)
+                    reset_peak_rss, resolve_model_arg, scale, setup_torch, summarize, time_paired, write_json)
 
 FULL = (360, 480)
 
@@ -130,7 +130,9 @@ def breakdown(pipe, imgs, repeats: int, warmup: int):
         del pipe.codec.decode
         del pipe.unet.forward
     n = len(imgs)
-    return {k: scale(summarize(v), 1 / n) for k, v in rows.items()}
+    out = {k: scale(summarize(v), 1 / n) for k, v in rows.items()}
+    out["pre_post_over_unet"] = summarize([(a + b) / u for a, b, u in zip(rows["pre"], rows["post"], rows["unet"])])
+    return out
 
 
 def main(argv=None):
@@ -165,9 +167,9 @@ def main(argv=None):
                 for n in args.batch_sizes:
                     fwd_fn, fwd_shape = unet_forward_fn(pipe, n, proc)
                     reset_peak_rss()
-                    fwd = scale(time_fn(fwd_fn, args.repeats, args.warmup), 1 / n)
                     row = {"task": task, "input": shape_name, "batch": n, "forward_shape": list(fwd_shape),
-                           "forward_s_per_image": fwd, "steps": {}}
+                           "steps": {}}
+                    fwd_times = []
                     for s in args.steps:
                         reps = args.repeats if s <= 5 else max(3, args.repeats // 2)
                         if task == "segment":
@@ -178,13 +180,17 @@ def main(argv=None):
                                 g.manual_seed(0)
                                 return pipe.synthesize(lab, num_inference_steps=s, num_images_per_mask=n,
                                                        generator=g, output_type="np")
-                        st = scale(time_fn(fn, reps, args.warmup if s <= 5 else 1), 1 / n)
-                        row["steps"][str(s)] = {"s_per_image": st, "ratio_to_steps_x_forward":
-                                                st["median"] / (s * fwd["median"])}
+                        # Each run is paired with a bare forward just before it: the ratio is the median of
+                        # per-pair ratios, robust to slow drifts of the CPU load.
+                        fa, st, ratio = time_paired(fwd_fn, fn, reps, args.warmup if s <= 5 else 1)
+                        fwd_times += fa["all"]
+                        st = scale(st, 1 / n)
+                        row["steps"][str(s)] = {"s_per_image": st, "ratio_to_steps_x_forward": ratio["median"] / s,
+                                                "ratio_spread": [ratio["min"] / s, ratio["max"] / s]}
                         monitor.check()
                         print(f"{task:10s} {shape_name:22s} batch {n}: {s:2d} steps {fmt_s(st)} s/img "
-                              f"(forward {fwd['median']:.4f}, ratio {row['steps'][str(s)]['ratio_to_steps_x_forward']:.2f})",
-                              flush=True)
+                              f"(forward {fa['median'] / n:.4f}, ratio {ratio['median'] / s:.2f})", flush=True)
+                    row["forward_s_per_image"] = scale(summarize(fwd_times), 1 / n)
                     row["peak_rss_mb"] = peak_rss_mb()
                     rows.append(row)
 
@@ -222,8 +228,7 @@ def targets(res):
             if r["input"] == res["full_input"] and r["batch"] == 1:
                 t["1-step s per full 360x480 frame, batch 1 (target <= 0.2 s)"] = r["steps"]["1"]["s_per_image"]["median"]
     for n, b in res["breakdown_1step_full"].items():
-        t[f"(pre + post) / UNet forward at 1 step, full frame, batch {n} (target <= 0.10)"] = (
-            (b["pre"]["median"] + b["post"]["median"]) / b["unet"]["median"])
+        t[f"(pre + post) / UNet forward at 1 step, full frame, batch {n} (target <= 0.10)"] = b["pre_post_over_unet"]["median"]
     return t
 
 
@@ -241,16 +246,18 @@ def render(res, steps) -> str:
         rows.append([r["task"], r["input"], r["batch"], fmt_s(r["forward_s_per_image"])]
                     + [fmt_s(r["steps"][str(s)]["s_per_image"]) for s in steps] + [f"{r['peak_rss_mb']:.0f}"])
     out.append(markdown(rows, header))
-    out.append("\nRatio pipeline / (steps x one UNet forward at the same batch and processing shape):\n")
-    rows = [[r["task"], r["input"], r["batch"]] + [f"{r['steps'][str(s)]['ratio_to_steps_x_forward']:.2f}" for s in steps]
-            for r in res["rows"]]
+    out.append("\nRatio pipeline / (steps x one UNet forward at the same batch and processing shape), median of "
+               "runs each paired with a forward just before it [min–max]:\n")
+    rows = [[r["task"], r["input"], r["batch"]] + [
+        f"{r['steps'][str(s)]['ratio_to_steps_x_forward']:.2f} [{r['steps'][str(s)]['ratio_spread'][0]:.2f}–"
+        f"{r['steps'][str(s)]['ratio_spread'][1]:.2f}]" for s in steps] for r in res["rows"]]
     out.append(markdown(rows, ["task", "input", "batch"] + [f"{s}" for s in steps]))
     out.append(f"\n1-step segmentation of a full {res['full_input']} frame, seconds per image (median [min–max]):\n")
     rows = []
     for n, b in res["breakdown_1step_full"].items():
-        net = b["unet"]["median"]
+        r = b["pre_post_over_unet"]
         rows.append([n, fmt_s(b["total"]), fmt_s(b["pre"]), fmt_s(b["network"]), fmt_s(b["unet"]), fmt_s(b["post"]),
-                     fmt_s(b["decode"]), f"{(b['pre']['median'] + b['post']['median']) / net:.3f}"])
+                     fmt_s(b["decode"]), f"{r['median']:.3f} [{r['min']:.3f}–{r['max']:.3f}]"])
     out.append(markdown(rows, ["batch", "total", "preprocess", "integrate (network)", "of which UNet forward",
                                "postprocess", "of which codec.decode", "(pre+post) / UNet"]))
     out.append("\nTargets:\n")
@@ -264,6 +271,7 @@ def plot(res, steps, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
     for ax, task in zip(axes, ["segment", "synthesize"]):
@@ -276,6 +284,7 @@ def plot(res, steps, path):
             ax.plot(steps, [s * r["forward_s_per_image"]["median"] for s in steps], ":", color=line.get_color())
         ax.set_xscale("log"); ax.set_yscale("log")
         ax.set_xticks(steps); ax.set_xticklabels([str(s) for s in steps])
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("ODE steps"); ax.set_title(f"{task} (dotted: steps x one UNet forward)")
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)

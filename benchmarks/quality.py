@@ -153,6 +153,7 @@ def plot(res, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for ax, key, rows, ylab in ((axes[0], "miou", res["segmentation"], "val mIoU (segmentation)"),
@@ -166,6 +167,11 @@ def plot(res, path):
             if key == "synth_miou":
                 ax.axhline(0.8 * res["baseline_real_miou"], color="red", ls=":", lw=0.8, label="0.8 x baseline (target)")
         ax.set_xscale("log")
+        calls = sorted({x["network_calls"] for x in rows})
+        if calls:
+            ax.set_xticks(calls)
+            ax.set_xticklabels([str(c) for c in calls])
+            ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("network calls (Euler: steps, Heun: 2 x steps)")
         ax.set_ylabel(ylab)
         ax.grid(True, which="both", alpha=0.3)

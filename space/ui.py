@@ -12,6 +12,7 @@ import logging
 import os
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Optional
 
@@ -38,30 +39,31 @@ CSS = """
 """
 
 
-class UploadedImage(gr.Image):
-    """``gr.Image`` that hands the raw uploaded file path to the handler, which validates it itself.
+def _raw_path_preprocess(self, payload):
+    """Hands the raw uploaded file path to the handler, which validates the file itself.
 
-    ``gr.Image`` opens the file with PIL during preprocessing, so a non-image or corrupt upload fails before
-    our code runs, with a message the user cannot act on. The browser side is the plain Image component.
+    ``gr.Image`` opens the file with PIL while preprocessing, so a non-image or corrupt upload would fail before
+    our code runs, with a message the user cannot act on.
     """
-
-    is_template = True  # use the parent's frontend component
-    # No __init__ override: gradio builds the frontend props from the constructor's signature. Create it with
-    # type="filepath", image_mode=None (see _upload()).
-
-    def preprocess(self, payload):
-        if payload is None:
-            return None
-        if payload.path:
-            return str(payload.path)
-        try:  # base64 data URL (clipboard paste): let gradio decode it, but never with a traceback
-            return super().preprocess(payload)
-        except Exception as e:
-            raise gr.Error(f"Could not read the pasted image ({e}).")
+    if payload is None:
+        return None
+    if payload.path:
+        return str(payload.path)
+    try:  # base64 data URL (clipboard paste): let gradio decode it, but never with a traceback
+        return gr.Image.preprocess(self, payload)
+    except Exception as e:  # noqa: BLE001
+        raise gr.Error(f"Could not read the pasted image ({e}).")
 
 
-def _upload(**kwargs) -> UploadedImage:
-    return UploadedImage(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+def _upload(**kwargs) -> gr.Image:
+    """An image upload whose handler receives the file path unopened (see _raw_path_preprocess).
+
+    Patched on the instance rather than subclassed: gradio writes a .pyi stub next to the module of every
+    Component subclass, and the browser side stays the stock Image component either way.
+    """
+    image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
+    image.preprocess = types.MethodType(_raw_path_preprocess, image)
+    return image
 
 
 def user_errors(fn):
@@ -100,20 +102,41 @@ def _display(im: Image.Image) -> Image.Image:
 
 
 _TMP = Path(tempfile.gettempdir()) / "semflow-space"
+_last_cleanup = [0.0]
+
+
+def _tmp_png(stem: str) -> str:
+    _TMP.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    if now - _last_cleanup[0] > 300:  # gradio copies outputs into its own cache, so ours can go after a while
+        _last_cleanup[0] = now
+        for old in _TMP.glob("*.png"):
+            try:
+                if now - old.stat().st_mtime > 3600:
+                    old.unlink()
+            except OSError:
+                pass
+    fd, path = tempfile.mkstemp(prefix=f"{stem}_", suffix=".png", dir=_TMP)
+    os.close(fd)
+    return path
+
+
+def _file(im: Image.Image, stem: str = "image") -> str:
+    """An output image as a PNG file of our own.
+
+    Returning paths rather than PIL images matters under concurrency: gradio caches PIL outputs by content
+    hash and rewrites the cached file in place, so two requests with identical outputs (the same photo
+    segmented twice at once) can serve each other a half-written file. File outputs are copied into the cache
+    atomically.
+    """
+    path = _tmp_png(stem)
+    im.save(path, compress_level=1)  # fast; these are served once
+    return path
 
 
 def _label_png(labels: np.ndarray, stem: str) -> str:
     """The raw label ids as a single-channel PNG (8-bit, 16-bit if K > 256) at the input's size."""
-    _TMP.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    for old in _TMP.glob("*.png"):  # gradio copies outputs into its cache, so our copies can go after a while
-        try:
-            if now - old.stat().st_mtime > 3600:
-                old.unlink()
-        except OSError:
-            pass
-    fd, path = tempfile.mkstemp(prefix=f"{stem}_labels_", suffix=".png", dir=_TMP)
-    os.close(fd)
+    path = _tmp_png(f"{stem}_labels")
     arr = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels.astype(np.uint16)
     Image.fromarray(arr).save(path)
     return path
@@ -176,12 +199,13 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         conf = _display(_confidence_image(seg.confidence))
         stem = Path(photo_path).stem[:40] or "image"
         state = {"photo": np.asarray(shown), "colors": colors}
-        return color_map, overlay, conf, legend_html(model, seg.labels), _label_png(seg.labels, stem), state
+        return (_file(color_map, "labelmap"), _file(overlay, "overlay"), _file(conf, "confidence"),
+                legend_html(model, seg.labels), _label_png(seg.labels, stem), state)
 
     def reblend(state, opacity):
         if not state:
             return gr.skip()
-        return _blend(state["photo"], state["colors"], opacity)
+        return _file(_blend(state["photo"], state["colors"], opacity), "overlay")
 
     def _synth(ids_or_colors, steps, beta, n, seed, progress, what="Synthesizing"):
         n = int(n)
@@ -189,8 +213,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
             raise InputError(f"Number of samples must be between 1 and {MAX_SAMPLES}; got {n}.")
         ids = model.labels_from_mask(ids_or_colors)
         images = model.synthesize(ids, int(steps), float(beta), n, int(seed or 0), _progress_fn(progress, what))
-        gallery = [(im, f"seed {int(seed or 0)}, sample {i + 1}") for i, im in enumerate(images)]
-        return gallery, Image.fromarray(model.colorize(ids))
+        gallery = [(_file(im, "sample"), f"seed {int(seed or 0)}, sample {i + 1}") for i, im in enumerate(images)]
+        return gallery, _file(Image.fromarray(model.colorize(ids)), "mask")
 
     @user_errors
     def synthesize(mask_path, steps, perturbation, seed, num_samples, progress=gr.Progress()):
@@ -214,8 +238,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         if s < 1:
             photo = photo.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
         seg = model.segment(photo, int(steps), _progress_fn(progress, "Predicting the mask"))
-        mask = Image.fromarray(model.colorize(seg.labels))
-        return {"background": mask, "layers": [], "composite": mask}, photo
+        mask = _file(Image.fromarray(model.colorize(seg.labels)), "mask")
+        return {"background": mask, "layers": [], "composite": mask}, _file(photo, "photo")
 
     @user_errors
     def edit_synthesize(editor, steps, perturbation, seed, num_samples, progress=gr.Progress()):
@@ -229,7 +253,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         if photo_path is None:
             raise InputError("Upload a photo first.")
         photo = load_photo(photo_path)
-        return model.flow(photo, int(steps), _progress_fn(progress, "Integrating the ODE"))
+        forward, backward = model.flow(photo, int(steps), _progress_fn(progress, "Integrating the ODE"))
+        return ([(_file(im, "flow"), c) for im, c in forward], [(_file(im, "flow"), c) for im, c in backward])
 
     # ---------------------------------------------------------------------------------------------- layout
     def synthesis_settings(prefix: str):

@@ -96,7 +96,9 @@ class AnchorCodec:
         self.min_distance = float(dist.min())
         self._class_anchors = class_anchors  # (K, C_cls)
         self._class_sqnorm = (class_anchors**2).sum(dim=1)  # (K,)
-        self._encode_table = torch.cat([anchors, ignore[None]])  # (K + 1, C): row K is the ignore anchor
+        # (C, K + 1), channel-major: column K is the ignore anchor. encode gathers straight into (C, N*H*W), so
+        # the anchor image needs no (N, H, W, C) -> (N, C, H, W) transpose copy (none at all for N = 1).
+        self._encode_table = torch.cat([anchors, ignore[None]]).t().contiguous()
 
     @property
     def num_channels(self) -> int:
@@ -116,7 +118,7 @@ class AnchorCodec:
     def encode(self, labels: torch.Tensor) -> torch.Tensor:
         """Label map ``(N, H, W)`` (int) -> anchor image ``(N, C, H, W)`` in [-1, 1] (the ODE's t=1 end)."""
         labels = labels.long()
-        table = self._encode_table.to(labels.device)  # (K + 1, C), built once
+        table = self._encode_table.to(labels.device)  # (C, K + 1), built once
         valid = (labels >= 0) & (labels < self.num_classes)
         if self.ignore_index is not None:
             valid |= labels == self.ignore_index
@@ -127,7 +129,8 @@ class AnchorCodec:
                 + (f" or the ignore index {self.ignore_index}." if self.ignore_index is not None else ".")
             )
         index = labels if self.ignore_index is None else labels.masked_fill(labels == self.ignore_index, self.num_classes)
-        return table[index].permute(0, 3, 1, 2).contiguous()
+        flat = table.index_select(1, index.reshape(-1))  # (C, N*H*W)
+        return flat.view(table.shape[0], *index.shape).transpose(0, 1).contiguous()
 
     def lift_image(self, images: torch.Tensor) -> torch.Tensor:
         """Image ``(N, 3, H, W)`` in [-1, 1] -> state ``(N, C, H, W)`` (the ODE's t=0 end)."""

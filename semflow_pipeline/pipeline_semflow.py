@@ -530,11 +530,13 @@ class SemFlowPipeline(DiffusionPipeline):
         images = []
         for m in masks:
             size = self.processing_size(*m.shape, processing_resolution)
-            anchor = F.interpolate(self.codec.encode(m[None]).to(device), size=size, mode="area")
+            anchor = self.codec.encode(m[None].to(device))
+            if tuple(anchor.shape[-2:]) != tuple(size):  # (area resize to the same size is the identity)
+                anchor = F.interpolate(anchor, size=size, mode="area")
             anchor = anchor.repeat(num_images_per_mask, 1, 1, 1)
             start = self.mask_to_state(self.codec.perturb(anchor, float(perturbation), generator))
             x = self.state_to_image(self.integrate(start, steps, "synthesize", callback_on_step_end))
-            if match_input_resolution:
+            if match_input_resolution and tuple(x.shape[-2:]) != tuple(m.shape):
                 x = F.interpolate(x, size=m.shape, mode="bilinear", align_corners=False)
             images.append(((x.clamp(-1, 1) + 1) / 2).cpu())  # [0, 1]
 

@@ -21,9 +21,11 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 RESULTS = os.path.join(HERE, "results")
-for p in (ROOT, os.path.join(ROOT, "tests")):
-    if p not in sys.path:
-        sys.path.insert(0, p)
+# The repo root goes first: this folder's training.py must not shadow the `training` package.
+for p in (os.path.join(ROOT, "tests"), ROOT):
+    while p in sys.path:
+        sys.path.remove(p)
+    sys.path.insert(0, p)
 
 SHIPPED = os.path.join(ROOT, "checkpoints", "semflow-camvid")
 DEFAULT_DATA_ROOT = os.path.join(ROOT, "..", "shared", "datasets", "camvid")

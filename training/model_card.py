@@ -20,7 +20,7 @@ def write_model_card(folder: str, cfg: Dict[str, Any], info: Dict[str, Any], res
         for r in result["eval"]["segmentation"]:
             metrics.append(r["miou"])
     card_data = ModelCardData(
-        library_name=None if is_ce else "diffusers",
+        library_name="semflow" if is_ce else "diffusers",  # baseline: loaded by our code, not diffusers
         pipeline_tag="image-segmentation",
         license=cfg.get("license", "mit"),
         datasets=[DATASET_IDS.get(cfg["dataset"], cfg["dataset"])],

@@ -60,6 +60,7 @@ DEFAULTS: Dict[str, Any] = {
     "ema": False, "ema_decay": 0.999, "num_threads": None,
     # logging / checkpoints
     "output_dir": "runs/semflow-camvid", "checkpointing_steps": 200, "checkpoints_total_limit": 2,
+    "stop_at_step": None,  # save a checkpoint and exit there (time-sliced jobs; tests)
     "log_every": 10, "val_every": 400, "val_num_inference_steps": 1, "tensorboard": True,
     "default_num_inference_steps": 1, "eval_num_inference_steps": [1, 2, 5], "final_eval": True,
     "license": "mit", "hub_model_id": None,
@@ -102,7 +103,8 @@ def load_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     cfg["resume_from_checkpoint"] = args.resume_from_checkpoint
-    cfg["command"] = " ".join([os.path.basename(sys.argv[0])] + (argv if argv is not None else sys.argv[1:]))
+    launcher = "accelerate launch" if any(k.startswith("ACCELERATE_") for k in os.environ) else "python"
+    cfg["command"] = " ".join([launcher, "training/train_semflow.py"] + list(argv if argv is not None else sys.argv[1:]))
     return cfg
 
 
@@ -350,6 +352,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     from accelerate import Accelerator
     from accelerate.utils import ProjectConfiguration, set_seed
 
+    from accelerate.state import AcceleratorState
+    # main() may run several times in one process (tests, notebooks): the state singleton would keep the
+    # first run's mixed precision. The distributed process group itself survives the reset.
+    AcceleratorState._reset_state(reset_partial_state=False)
     out = cfg["output_dir"]
     use_cpu = not torch.cuda.is_available()
     mp = cfg["mixed_precision"] or "no"
@@ -444,7 +450,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         plain.eval()
         if ema is not None:
             ema.store(plain.parameters()); ema.copy_to(plain.parameters())
-        with torch.no_grad(), accelerator.autocast():
+        # The prepared model's forward runs under the training autocast (bf16): these periodic numbers can
+        # differ from evaluate.py's fp32 ones in the third decimal; the final table is evaluate.py's.
+        with torch.no_grad():
             miou = evaluate_quick(cfg, segment_fn_factory(), val_ds, k, ignore)
         if ema is not None:
             ema.restore(plain.parameters())
@@ -508,16 +516,27 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if cfg["checkpointing_steps"] and done % int(cfg["checkpointing_steps"]) == 0 and done < total:
             accelerator.wait_for_everyone()
             path = os.path.join(ckpt_root, f"checkpoint-{done}")
-            accelerator.save_state(path)
+            # Write to a temporary name and rename when complete: a run killed mid-save never leaves a
+            # half-written "latest" checkpoint behind.
+            accelerator.save_state(path + ".tmp")
+            accelerator.wait_for_everyone()
             if is_main:
+                os.replace(path + ".tmp", path)
                 with open(state_file, "w") as f:
                     json.dump({"elapsed_s": elapsed, "step": done}, f)
                 limit = cfg["checkpoints_total_limit"]
                 if limit:
-                    cks = sorted((d for d in os.listdir(ckpt_root) if d.startswith("checkpoint-")),
+                    cks = sorted((d for d in os.listdir(ckpt_root)
+                                  if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()),
                                  key=lambda d: int(d.split("-")[-1]))
+                    cks = [d for d in cks if d.split("-")[-1].isdigit()]
                     for d in cks[:-int(limit)]:
                         shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+            accelerator.wait_for_everyone()
+            if cfg["stop_at_step"] and done >= int(cfg["stop_at_step"]):
+                accelerator.print(f"stopping at step {done} (stop_at_step); resume with --resume_from_checkpoint latest")
+                accelerator.end_training()
+                return {"steps": done, "stopped": True}
     bar.close()
     accelerator.wait_for_everyone()
     wall = prior_elapsed + time.time() - t0

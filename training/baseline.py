@@ -65,7 +65,7 @@ class BaselineSegmenter:
 
     def __init__(self, unet: UNet2DModel, class_names: List[str], ignore_index: Optional[int],
                  processing_resolution: Tuple[int, int], space_to_depth: int = 1,
-                 label_colors: Optional[List[List[int]]] = None):
+                 label_colors: Optional[List[List[int]]] = None, objective: str = "ce"):
         self.unet = unet.eval()
         self.class_names = list(class_names)
         self.num_classes = len(class_names)
@@ -73,6 +73,7 @@ class BaselineSegmenter:
         self.processing_resolution = tuple(processing_resolution)
         self.space_to_depth = space_to_depth
         self.label_colors = label_colors
+        self.objective = objective  # "ce" or "mse": how it was trained (both decode by argmax)
 
     # ---------------------------------------------------------------- model
     def logits(self, x: torch.Tensor) -> torch.Tensor:
@@ -103,7 +104,8 @@ class BaselineSegmenter:
         self.unet.save_pretrained(os.path.join(path, "unet"), safe_serialization=True)
         with open(os.path.join(path, CONFIG_NAME), "w") as f:
             json.dump({
-                "model_type": "semflow-baseline-ce",
+                "model_type": f"semflow-baseline-{self.objective}",
+                "objective": self.objective,
                 "class_names": self.class_names,
                 "ignore_index": self.ignore_index,
                 "processing_resolution": list(self.processing_resolution),
@@ -120,7 +122,7 @@ class BaselineSegmenter:
             cfg = json.load(f)
         unet = UNet2DModel.from_pretrained(os.path.join(path, "unet")).to(device)
         return cls(unet, cfg["class_names"], cfg.get("ignore_index"), cfg["processing_resolution"],
-                   cfg.get("space_to_depth", 1), cfg.get("label_colors"))
+                   cfg.get("space_to_depth", 1), cfg.get("label_colors"), cfg.get("objective", "ce"))
 
     @staticmethod
     def is_baseline_dir(path: str) -> bool:

@@ -103,7 +103,7 @@ def evaluate_model(path: str, ds, steps: Sequence[int] = (1,), batch_size: int =
     with torch.inference_mode():
         if kind == "baseline":
             cm, spi = segment_split(kind, model, ds, len(names), ds.ignore_index, batch_size=batch_size)
-            rows.append(_row("baseline (CE)", cm, spi))
+            rows.append(_row(f"baseline ({model.objective.upper()})", cm, spi))
         else:
             for s in steps:
                 cm, spi = segment_split(kind, model, ds, len(names), ds.ignore_index, s, batch_size)

@@ -14,7 +14,7 @@ DATASET_IDS = {"camvid": "camvid", "cityscapes": "cityscapes", "coco_stuff": "co
 def write_model_card(folder: str, cfg: Dict[str, Any], info: Dict[str, Any], result: Dict[str, Any],
                      table: Optional[str], hardware: str, extra: str = "") -> str:
     """Writes ``folder/README.md``; returns its text."""
-    is_ce = cfg["objective"] == "ce"
+    is_ce = cfg["objective"] in ("ce", "mse")  # discriminative baselines
     metrics = []
     if result.get("eval"):
         for r in result["eval"]["segmentation"]:
@@ -30,9 +30,9 @@ def write_model_card(folder: str, cfg: Dict[str, Any], info: Dict[str, Any], res
     )
     minutes = result["wall_time_s"] / 60
     if is_ce:
-        title = f"Cross-entropy UNet baseline ({cfg['dataset']})"
-        what = ("The discriminative baseline for SemFlow: the same `UNet2DModel` architecture and training "
-                "budget, trained with plain cross-entropy. Load it with "
+        title = f"{'Cross-entropy' if cfg['objective'] == 'ce' else 'MSE (one-hot)'} UNet baseline ({cfg['dataset']})"
+        what = (f"The discriminative baseline for SemFlow: the same `UNet2DModel` architecture and training "
+                "budget, trained with plain {'cross-entropy' if cfg['objective'] == 'ce' else 'MSE to the +-1 one-hot'}. Load it with "
                 "`training.baseline.BaselineSegmenter.from_pretrained(path)` from the SemFlow repository.")
     else:
         title = f"SemFlow ({cfg['dataset']}, {cfg['mode']} mode)"
@@ -86,3 +86,67 @@ Reproduce with `python training/evaluate.py --model <this folder> --data-root {c
 """
     ModelCard(text).save(os.path.join(folder, "README.md"))
     return text
+
+
+def ship(run_dir: str, dest: str, synthesis_json: Optional[str] = None, command: Optional[str] = None,
+         extra: str = "") -> None:
+    """Copies ``run_dir/final`` to ``dest`` and rewrites its card with the run's eval (and synthesis) tables.
+
+    ``command`` replaces the recorded command (e.g. the equivalent ``--config`` form after a config file
+    was updated to the winning settings).
+    """
+    import json
+    import shutil
+    import sys
+
+    import yaml
+
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from training.evaluate import format_results
+
+    with open(os.path.join(run_dir, "config.yaml")) as f:
+        cfg = yaml.safe_load(f)
+    with open(os.path.join(run_dir, "result.json")) as f:
+        result = json.load(f)
+    with open(os.path.join(run_dir, "eval.json")) as f:
+        res = json.load(f)
+    if synthesis_json:
+        with open(synthesis_json) as f:
+            res["synthesis"] = json.load(f)["synthesis"]
+    if command:
+        cfg["command"] = command
+    if os.path.exists(dest):
+        shutil.rmtree(dest)
+    shutil.copytree(os.path.join(run_dir, "final"), dest)
+    if os.path.isfile(os.path.join(dest, "model_index.json")):
+        from semflow_pipeline.pipeline_semflow import write_remote_code
+        write_remote_code(dest)
+    for name in ("training_curves.png",):
+        if os.path.isfile(os.path.join(run_dir, name)):
+            shutil.copyfile(os.path.join(run_dir, name), os.path.join(dest, name))
+    info = {"class_names": res["class_names"], "ignore_index": cfg.get("ignore_index", 11)}
+    from training.data import build_dataset
+    ds = build_dataset(cfg["dataset"], cfg["data_root"], cfg["val_split"], size=None, preload=False)
+    info["ignore_index"] = ds.ignore_index
+    result["eval"] = res
+    hardware = result.get("hardware")
+    if not hardware:  # runs from before result.json recorded it: take it from the run's own card
+        import re
+        card = open(os.path.join(run_dir, "final", "README.md")).read()
+        m = re.search(r"Wall time: [\d.]+ min on (.+?)\.\n", card)
+        hardware = m.group(1) if m else "unknown"
+    write_model_card(dest, cfg, info, result, format_results(res), hardware, extra)
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Copy a finished run's final folder to checkpoints/ with its card")
+    ap.add_argument("run_dir")
+    ap.add_argument("dest")
+    ap.add_argument("--synthesis-json")
+    ap.add_argument("--command")
+    ap.add_argument("--extra-file", help="markdown appended to the card (e.g. the ablation table)")
+    a = ap.parse_args()
+    extra = open(a.extra_file).read() if a.extra_file else ""
+    ship(a.run_dir, a.dest, a.synthesis_json, a.command, extra)

@@ -53,7 +53,8 @@ DEFAULTS: Dict[str, Any] = {
     "attention_levels": [], "norm_num_groups": 8, "pretrained_model_name_or_path": None,
     # flow
     "t_sampling": "uniform", "t_zero_prob": 0.0, "t_one_prob": 0.0, "t_beta_alpha": 0.5,
-    "perturbation": 0.05, "mask_ignore_in_loss": True,
+    "perturbation": 0.05, "mask_ignore_in_loss": True, "mask_loss_weight": 1.0,
+    "mask_ce_weight": 0.0, "mask_ce_scale": 4.0,
     # optimisation
     "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
     "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "bf16", "seed": 0,
@@ -79,7 +80,7 @@ def load_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                     help="override config keys, values parsed as YAML (e.g. resolution=[96,128])")
     ap.add_argument("--output_dir")
     ap.add_argument("--train_steps", type=int)
-    ap.add_argument("--objective", choices=["semflow", "ce"])
+    ap.add_argument("--objective", choices=["semflow", "ce", "mse"])
     ap.add_argument("--data_root")
     ap.add_argument("--pretrained_model_name_or_path")
     ap.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
@@ -244,12 +245,30 @@ def semflow_loss(pipe, batch, cfg, generator) -> torch.Tensor:
         c = err.shape[1] // 2
         valid = (labels != ignore).to(err.dtype)[:, None]  # (N,1,h,w)
         mask_err = (err[:, :c] * valid).sum() / (valid.sum() * c).clamp_min(1)
-        return 0.5 * (mask_err + err[:, c:].mean())
+        w = float(cfg["mask_loss_weight"])
+        loss = (w * mask_err + err[:, c:].mean()) / (w + 1)
+        if float(cfg["mask_ce_weight"]) > 0 and pipe.vae is None:
+            # Auxiliary cross-entropy on the predicted mask end's class channels (read as logits x scale):
+            # MSE alone gives rare classes too little pull (see the ablation); near the anchors this term
+            # saturates, so the mask head still lands on the anchors the ODE and the decoder expect.
+            logits = pred[:, :c][:, pipe.codec.class_channels] * float(cfg["mask_ce_scale"])
+            ce = F.cross_entropy(logits.float(), labels, ignore_index=ignore)
+            loss = loss + float(cfg["mask_ce_weight"]) * ce
+        return loss
     return err.mean()
 
 
 def ce_loss(model, batch, cfg, ignore_index) -> torch.Tensor:
+    """objective ce: cross-entropy; objective mse: MSE to the +-1 one-hot (the simplex anchors) -- the
+    discriminative twin of a 1-step endpoint SemFlow, to separate the loss from the flow in the ablation."""
     logits = forward_logits(model, batch["image"], int(cfg["space_to_depth"]))
+    if cfg["objective"] == "mse":
+        k = logits.shape[1]
+        lab = batch["label"]
+        valid = (lab >= 0) & (lab < k)
+        target = F.one_hot(lab.clamp(0, k - 1), k).permute(0, 3, 1, 2).float() * 2 - 1
+        err = ((logits.float() - target) ** 2).mean(1)
+        return (err * valid).sum() / valid.sum().clamp_min(1)
     return F.cross_entropy(logits.float(), batch["label"], ignore_index=ignore_index if ignore_index is not None else -100)
 
 
@@ -387,13 +406,13 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             pipe.vae.to(accelerator.device)
             if pipe.text_encoder is not None:
                 pipe.text_encoder.to(accelerator.device)
-    elif cfg["objective"] == "ce":
+    elif cfg["objective"] in ("ce", "mse"):
         s = int(cfg["space_to_depth"])
         h, w = cfg["resolution"]
         model = build_unet(3 * s * s, k * s * s, (h // s, w // s), cfg["block_out_channels"],
                            cfg["layers_per_block"], cfg["attention_levels"], cfg["norm_num_groups"])
     else:
-        raise ValueError(f"objective must be semflow or ce, got {cfg['objective']!r}")
+        raise ValueError(f"objective must be semflow, ce or mse, got {cfg['objective']!r}")
     n_params = sum(p.numel() for p in model.parameters())
 
     optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["learning_rate"]),
@@ -540,7 +559,8 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     bar.close()
     accelerator.wait_for_everyone()
     wall = prior_elapsed + time.time() - t0
-    result = {"steps": total, "wall_time_s": wall, "params": n_params, "final_val_miou": last_val}
+    result = {"steps": total, "wall_time_s": wall, "params": n_params, "final_val_miou": last_val,
+              "hardware": hardware_string(accelerator)}
     if is_main:
         if ema is not None:
             ema.copy_to(plain.parameters())
@@ -550,7 +570,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             pipe.save_pretrained(final_dir)
         else:
             BaselineSegmenter(plain, info["class_names"], ignore, tuple(cfg["resolution"]),
-                              int(cfg["space_to_depth"]), info["colors"]).save_pretrained(final_dir)
+                              int(cfg["space_to_depth"]), info["colors"], cfg["objective"]).save_pretrained(final_dir)
         try:
             plot_log(log_path, os.path.join(out, "training_curves.png"))
         except Exception as e:  # a plot must never lose a finished run

@@ -141,6 +141,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 5, 10, 25])
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--no-synthesis", action="store_true")
+    ap.add_argument("--no-breakdown", action="store_true")
     ap.add_argument("--no-plot", action="store_true")
     args = ap.parse_args(argv)
     if args.quick:
@@ -196,7 +197,7 @@ def main(argv=None):
 
         full_name = next(iter(shapes))
         bd = {}
-        for n in args.batch_sizes:
+        for n in ([] if args.no_breakdown else args.batch_sizes):
             bd[str(n)] = breakdown(pipe, imgs_full[:n], args.repeats, args.warmup)
             monitor.check()
     monitor.check()
@@ -252,14 +253,15 @@ def render(res, steps) -> str:
         f"{r['steps'][str(s)]['ratio_to_steps_x_forward']:.2f} [{r['steps'][str(s)]['ratio_spread'][0]:.2f}–"
         f"{r['steps'][str(s)]['ratio_spread'][1]:.2f}]" for s in steps] for r in res["rows"]]
     out.append(markdown(rows, ["task", "input", "batch"] + [f"{s}" for s in steps]))
-    out.append(f"\n1-step segmentation of a full {res['full_input']} frame, seconds per image (median [min–max]):\n")
-    rows = []
-    for n, b in res["breakdown_1step_full"].items():
-        r = b["pre_post_over_unet"]
-        rows.append([n, fmt_s(b["total"]), fmt_s(b["pre"]), fmt_s(b["network"]), fmt_s(b["unet"]), fmt_s(b["post"]),
-                     fmt_s(b["decode"]), f"{r['median']:.3f} [{r['min']:.3f}–{r['max']:.3f}]"])
-    out.append(markdown(rows, ["batch", "total", "preprocess", "integrate (network)", "of which UNet forward",
-                               "postprocess", "of which codec.decode", "(pre+post) / UNet"]))
+    if res["breakdown_1step_full"]:
+        out.append(f"\n1-step segmentation of a full {res['full_input']} frame, seconds per image (median [min–max]):\n")
+        rows = []
+        for n, b in res["breakdown_1step_full"].items():
+            r = b["pre_post_over_unet"]
+            rows.append([n, fmt_s(b["total"]), fmt_s(b["pre"]), fmt_s(b["network"]), fmt_s(b["unet"]),
+                         fmt_s(b["post"]), fmt_s(b["decode"]), f"{r['median']:.3f} [{r['min']:.3f}–{r['max']:.3f}]"])
+        out.append(markdown(rows, ["batch", "total", "preprocess", "integrate (network)", "of which UNet forward",
+                                   "postprocess", "of which codec.decode", "(pre+post) / UNet"]))
     out.append("\nTargets:\n")
     out += [f"- {k}: **{v:.3f}**" for k, v in res["targets"].items()]
     out.append(f"\nRSS after loading the model: {res['rss_after_load_mb']:.0f} MB.")
@@ -287,7 +289,8 @@ def plot(res, steps, path):
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("ODE steps"); ax.set_title(f"{task} (dotted: steps x one UNet forward)")
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_lines():
+            ax.legend(fontsize=7)
     axes[0].set_ylabel("seconds per image (CPU)")
     note = "" if not res["contended"] else " — measured while a training job shared the CPU"
     fig.suptitle(f"SemFlow inference, {res['machine']['cpu']}, {res['machine']['torch_threads']} threads{note}", fontsize=9)

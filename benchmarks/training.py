@@ -157,6 +157,8 @@ def run_variant(args, name, precision, channels_last, compile_, processes, timeo
         cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", str(processes),
                "--num_machines", "1", "--mixed_precision", precision, "--dynamo_backend", "no", script] + flags
     env = dict(os.environ, OMP_NUM_THREADS=str(max(1, args.threads // processes)), HF_HUB_OFFLINE="1")
+    if processes > 1:
+        env["CUDA_VISIBLE_DEVICES"] = ""  # CPU DDP even on a GPU machine
     t = time.time()
     try:
         p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)

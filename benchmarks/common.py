@@ -30,7 +30,7 @@ for p in (os.path.join(ROOT, "tests"), ROOT):
 SHIPPED = os.path.join(ROOT, "checkpoints", "semflow-camvid")
 DEFAULT_DATA_ROOT = os.path.join(ROOT, "..", "shared", "datasets", "camvid")
 DEFAULT_TRAIN_CONFIG = os.path.join(ROOT, "training", "configs", "camvid.yaml")
-TRAINING_PATTERN = "train_semflow|train_baseline"
+TRAINING_PATTERN = "train_semflow|train_baseline|training/evaluate.py"
 
 
 # ------------------------------------------------------------------------------------------- arguments

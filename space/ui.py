@@ -352,7 +352,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         edit_predict_btn = gr.Button("1. Predict mask", elem_id="edit-predict")
                         if photo_examples:
                             gr.Examples(photo_examples, inputs=[edit_in])
-                        edit_photo = gr.Image(label="Photo (as segmented)", interactive=False)
+                        edit_photo = gr.Image(label="Photo (as segmented)", interactive=False, elem_id="edit-photo")
                     with gr.Column(scale=2):
                         edit_canvas = gr.ImageEditor(
                             label="Predicted mask: repaint it", type="numpy", image_mode="RGBA", sources=[], format="png",
@@ -363,8 +363,9 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         )
                         edit_steps, edit_beta, edit_seed, edit_n = synthesis_settings("edit")
                         edit_btn = gr.Button("2. Synthesize", variant="primary", elem_id="edit-run")
-                        edit_gallery = gr.Gallery(label="New photos with your layout", columns=2, format="png")
-                        edit_mask = gr.Image(label="Mask used", format="png", interactive=False)
+                        edit_gallery = gr.Gallery(label="New photos with your layout", columns=2, format="png",
+                                                  elem_id="edit-gallery")
+                        edit_mask = gr.Image(label="Mask used", format="png", interactive=False, elem_id="edit-mask")
 
             # --------------------------------------------------------------------------------------- Flow
             with gr.Tab("Flow", id="flow"):

@@ -150,26 +150,32 @@ class SemFlowPipeline(DiffusionPipeline):
 
     # ------------------------------------------------------------------------------------------ the network
     def predict(
-        self, sample: torch.Tensor, timestep: Union[float, torch.Tensor], encoder_hidden_states=None
+        self,
+        sample: torch.Tensor,
+        timestep: Union[float, torch.Tensor],
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        unet: Optional[torch.nn.Module] = None,
     ) -> torch.Tensor:
         """Raw network output for state ``sample`` ``(N, C, h, w)`` at network time ``timestep`` (t * 1000).
 
         Returns ``(N, C, h, w)`` (velocity) or ``(N, 2C, h, w)`` (endpoints). Training calls this too, so the
-        folding and conditioning are the same in training and inference.
+        folding and conditioning are the same in training and inference; it passes its wrapped model (DDP,
+        autocast) as ``unet``, while config and dtype are read from ``self.unet``.
         """
+        net = self.unet if unet is None else unet
         n = sample.shape[0]
         timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32).reshape(-1).expand(n)
         x = sample.to(self.unet.dtype)
         r = self.config.space_to_depth
         if r > 1:
             x = _pixel_unshuffle(x, r)
-        if getattr(self.unet.config, "cross_attention_dim", None) is not None:
+        if self._is_conditional:
             if encoder_hidden_states is None:
                 encoder_hidden_states = self.encode_empty_prompt(sample.device)
             encoder_hidden_states = encoder_hidden_states.to(self.unet.dtype).expand(n, -1, -1)
-            out = self.unet(x, timestep, encoder_hidden_states=encoder_hidden_states).sample
+            out = net(x, timestep, encoder_hidden_states=encoder_hidden_states).sample
         else:
-            out = self.unet(x, timestep).sample
+            out = net(x, timestep).sample
         if r > 1:
             out = _pixel_shuffle(out, r)
         return out.float()

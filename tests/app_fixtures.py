@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
+from pathlib import Path
+
+# `space/` and `app.py` live at the repository root, which plain `pytest` does not put on sys.path.
+_ROOT = str(Path(__file__).resolve().parents[1])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")

@@ -40,7 +40,9 @@ def write_model_card(folder: str, cfg: Dict[str, Any], info: Dict[str, Any], res
                 "its anchor mask (t=1); integrating forward segments, integrating backward from a perturbed mask "
                 f"synthesizes. Prediction type `{cfg['prediction_type']}`, palette `{cfg['palette']}`, "
                 f"timestep sampling `{cfg['t_sampling']}` (t=0 prob {cfg['t_zero_prob']}, t=1 prob "
-                f"{cfg['t_one_prob']}).")
+                f"{cfg['t_one_prob']})"
+                + (f", auxiliary cross-entropy on the predicted mask end (weight {cfg['mask_ce_weight']}, logit "
+                   f"scale {cfg.get('mask_ce_scale', 4.0)})" if cfg.get("mask_ce_weight") else "") + ".")
     usage = ("```python\nfrom training.baseline import BaselineSegmenter\n"
              f"seg = BaselineSegmenter.from_pretrained(\"{folder}\")\nlabels = seg.segment([image])  # (N, H, W)\n```"
              if is_ce else

@@ -1,0 +1,55 @@
+#!/usr/bin/env python
+"""Markdown summary of finished runs: val mIoU per step count, synthesis metrics, wall time.
+
+    python training/ablation_table.py runs/abl_ce runs/abl_ep_simplex_ends ...
+
+Reads each run's config.yaml, result.json, eval.json and (if present) eval_synth.json.
+"""
+
+import json
+import os
+import sys
+
+import yaml
+
+
+def describe(cfg):
+    if cfg["objective"] != "semflow":
+        return f"{cfg['objective'].upper()} discriminative UNet"
+    t = cfg["t_sampling"]
+    if t == "ends":
+        t = f"t=0 w.p. {cfg['t_zero_prob']}, t=1 w.p. {cfg['t_one_prob']}, else U(0,1)"
+    extra = f", aux CE x{cfg['mask_ce_weight']}" if cfg.get("mask_ce_weight") else ""
+    return f"{cfg['prediction_type']} + {cfg['palette']} + {t}{extra}"
+
+
+def main(runs):
+    lines = ["| run | objective | steps | val mIoU 1 step | 2 steps | 5 steps | synth mIoU / ratio (β=0.05, 1 step) | "
+             "synth mIoU / ratio (β=0.05, 5 steps) | diversity β=0.05 / 0.2 | wall time |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        cfg = yaml.safe_load(open(os.path.join(r, "config.yaml")))
+        res = json.load(open(os.path.join(r, "result.json")))
+        ev = json.load(open(os.path.join(r, "eval.json")))
+        seg = {row["name"]: row["miou"] for row in ev["segmentation"]}
+        m = [seg.get(f"SemFlow {s} step{'s' if s > 1 else ''}") for s in (1, 2, 5)]
+        if ev["kind"] == "baseline":
+            m = [ev["segmentation"][0]["miou"], None, None]
+        syn = ["-", "-", "-"]
+        sp = os.path.join(r, "eval_synth.json")
+        if os.path.isfile(sp):
+            rows = json.load(open(sp))["synthesis"]
+            pick = {(x["steps"], x["perturbation"]): x for x in rows}
+            f = lambda x: f"{x['synth_miou']:.3f} / {x['ratio']:.2f}" if x else "-"
+            syn[0] = f(pick.get((1, 0.05)))
+            syn[1] = f(pick.get((5, 0.05)))
+            d = [pick.get((1, b)) for b in (0.05, 0.2)]
+            syn[2] = " / ".join(f"{x['diversity_std']:.3f}" if x else "-" for x in d)
+        cells = [f"{x:.3f}" if x is not None else "-" for x in m]
+        lines.append(f"| {os.path.basename(r.rstrip('/'))} | {describe(cfg)} | {res['steps']} | " + " | ".join(cells)
+                     + f" | {syn[0]} | {syn[1]} | {syn[2]} | {res['wall_time_s'] / 60:.1f} min |")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -380,9 +380,9 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                             gr.Examples(photo_examples, inputs=[flow_in])
                     with gr.Column(scale=3):
                         flow_fwd = gr.Gallery(label="Segmentation: photo (t=0) → mask (t=1)", columns=5,
-                                              height="auto", format="png", elem_id="flow-forward")
+                                              height="auto", format="png", object_fit="contain", elem_id="flow-forward")
                         flow_bwd = gr.Gallery(label="Synthesis: mask (t=1) → photo (t=0)", columns=5,
-                                              height="auto", format="png", elem_id="flow-backward")
+                                              height="auto", format="png", object_fit="contain", elem_id="flow-backward")
 
         # -------------------------------------------------------------------------------------------- events
         run = dict(concurrency_id="model", concurrency_limit=concurrency_limit)

@@ -17,7 +17,6 @@ See training/README.md for all config keys.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import json
 import math
@@ -207,27 +206,11 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
                            default_processing_resolution=max(h, w))
 
 
-@contextlib.contextmanager
-def pipe_uses(pipe, model):
-    """Lets ``pipe.predict`` run the accelerate-prepared (DDP / autocast) ``model`` during training.
-
-    ``DiffusionPipeline.__setattr__`` would re-register the component in the config, so this sets the
-    attribute directly and restores the plain module afterwards; ``predict`` reads ``.config``/``.dtype``.
-    """
-    plain = pipe.unet
-    if model is not plain:
-        model.config = plain.config  # DDP wrappers lack these; they are plain attributes here
-        model.dtype = plain.dtype
-        object.__setattr__(pipe, "unet", model)
-    try:
-        yield pipe
-    finally:
-        object.__setattr__(pipe, "unet", plain)
-
-
 # ------------------------------------------------------------------------------------------------- loss
-def semflow_loss(pipe, batch, cfg, generator) -> torch.Tensor:
-    """MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W)."""
+def semflow_loss(pipe, batch, cfg, generator, model=None) -> torch.Tensor:
+    """``model``: the accelerate-prepared UNet (DDP/autocast), run through ``pipe.predict(..., unet=model)``.
+
+    MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W)."""
     images, labels = batch["image"], batch["label"]
     image_end, mask_end = pipe.prepare_endpoints(images, labels, perturbation=float(cfg["perturbation"]),
                                                  generator=generator)
@@ -236,7 +219,7 @@ def semflow_loss(pipe, batch, cfg, generator) -> torch.Tensor:
     timesteps = t * pipe.scheduler.config.num_train_timesteps
     x_t = pipe.scheduler.add_noise(image_end, mask_end, timesteps)
     target = pipe.scheduler.get_target(image_end, mask_end)
-    pred = pipe.predict(x_t, timesteps)
+    pred = pipe.predict(x_t, timesteps, unet=model)
     err = (pred.float() - target.float()) ** 2  # (N, C or 2C, h, w)
     ignore = pipe.config.ignore_index
     if (cfg["mask_ignore_in_loss"] and ignore is not None and pipe.scheduler.config.prediction_type == "endpoints"
@@ -497,8 +480,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         batch = {k_: v.to(accelerator.device) for k_, v in batches(step).items()}
         with accelerator.autocast():
             if pipe is not None:
-                with pipe_uses(pipe, model):
-                    loss = semflow_loss(pipe, batch, cfg, gen)
+                loss = semflow_loss(pipe, batch, cfg, gen, model)
             else:
                 loss = ce_loss(model, batch, cfg, ignore)
         accelerator.backward(loss)

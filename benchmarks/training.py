@@ -56,7 +56,7 @@ def worker(args) -> None:
     from accelerate import Accelerator
 
     from training.data import AugmentConfig, build_dataset
-    from training.train_semflow import StepBatches, pipe_uses, semflow_loss
+    from training.train_semflow import StepBatches, semflow_loss
 
     acc = Accelerator(mixed_precision=args.precision, cpu=True)
     if acc.num_processes != args.processes:
@@ -100,8 +100,7 @@ def worker(args) -> None:
         batch = {k: v.to(acc.device) for k, v in batches(step).items()}
         t1 = time.perf_counter()
         with acc.autocast():
-            with pipe_uses(pipe, model):
-                loss = semflow_loss(pipe, batch, cfg, gen)
+            loss = semflow_loss(pipe, batch, cfg, gen, model=model)
         acc.backward(loss)
         if cfg["max_grad_norm"]:
             acc.clip_grad_norm_(model.parameters(), float(cfg["max_grad_norm"]))

@@ -54,9 +54,13 @@ def load_pipeline(model: str, device):
     return pipe.to(device)
 
 
-def run_segment(args) -> int:
-    import numpy as np
-    import PIL.Image
+def for_each_file(args, name: str, work) -> int:
+    """Runs ``work(pipe, index, path, out_dir)`` on this process's share of the input files.
+
+    ``index`` is the file's position in the full list (it seeds synthesis, so results do not depend on the
+    process split). A file that fails is reported and skipped: one bad file must not lose the others' results.
+    Returns the exit code: 1 if any file failed.
+    """
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
@@ -66,55 +70,49 @@ def run_segment(args) -> int:
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
-    with state.split_between_processes(files) as mine:
-        for f in tqdm(mine, desc=f"segment [{state.process_index}]", disable=not state.is_local_main_process):
+    with state.split_between_processes(list(enumerate(files))) as mine:
+        for i, f in tqdm(mine, desc=f"{name} [{state.process_index}]", disable=not state.is_local_main_process):
             try:
-                with PIL.Image.open(f) as im:
-                    im.load()
-                    result = pipe.segment(im, num_inference_steps=args.num_inference_steps,
-                                          processing_resolution=args.processing_resolution)
-            except Exception as e:  # keep going: one bad file must not lose the others' results
+                work(pipe, i, f, out)
+            except Exception as e:
                 print(f"semflow: skipped {f}: {type(e).__name__}: {e}", file=sys.stderr)
                 failed += 1
-                continue
-            labels = result.labels[0]
-            dtype = np.uint8 if labels.max() < 256 else np.uint16
-            PIL.Image.fromarray(labels.astype(dtype)).save(out / f"{f.stem}_labels.png")
-            pipe.visualize_labels(labels)[0].save(out / f"{f.stem}_color.png")
-            if args.save_confidence:
-                PIL.Image.fromarray((result.confidence[0] * 255).astype(np.uint8)).save(out / f"{f.stem}_confidence.png")
     return 1 if failed else 0
+
+
+def run_segment(args) -> int:
+    import numpy as np
+    import PIL.Image
+
+    def work(pipe, i, f, out):
+        with PIL.Image.open(f) as im:
+            im.load()
+            result = pipe.segment(im, num_inference_steps=args.num_inference_steps,
+                                  processing_resolution=args.processing_resolution)
+        labels = result.labels[0]
+        dtype = np.uint8 if labels.max() < 256 else np.uint16
+        PIL.Image.fromarray(labels.astype(dtype)).save(out / f"{f.stem}_labels.png")
+        pipe.visualize_labels(labels)[0].save(out / f"{f.stem}_color.png")
+        if args.save_confidence:
+            PIL.Image.fromarray((result.confidence[0] * 255).astype(np.uint8)).save(out / f"{f.stem}_confidence.png")
+
+    return for_each_file(args, "segment", work)
 
 
 def run_synthesize(args) -> int:
     import PIL.Image
     import torch
-    from accelerate import PartialState
-    from tqdm.auto import tqdm
 
-    state = PartialState()
-    files = expand_inputs(args.inputs)
-    pipe = load_pipeline(args.model, state.device)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    failed = 0
-    indexed = list(enumerate(files))  # the global index seeds each mask, whatever the process split
-    with state.split_between_processes(indexed) as mine:
-        for i, f in tqdm(mine, desc=f"synthesize [{state.process_index}]", disable=not state.is_local_main_process):
-            try:
-                with PIL.Image.open(f) as im:
-                    im.load()
-                    generator = torch.Generator().manual_seed(args.seed + i)
-                    images = pipe.synthesize(im, num_inference_steps=args.num_inference_steps,
-                                             perturbation=args.perturbation, num_images_per_mask=args.num_samples,
-                                             generator=generator).images
-            except Exception as e:
-                print(f"semflow: skipped {f}: {type(e).__name__}: {e}", file=sys.stderr)
-                failed += 1
-                continue
-            for k, image in enumerate(images):
-                image.save(out / f"{f.stem}_sample{k}.png")
-    return 1 if failed else 0
+    def work(pipe, i, f, out):
+        with PIL.Image.open(f) as im:
+            im.load()
+            images = pipe.synthesize(im, num_inference_steps=args.num_inference_steps, perturbation=args.perturbation,
+                                     num_images_per_mask=args.num_samples,
+                                     generator=torch.Generator().manual_seed(args.seed + i)).images
+        for k, image in enumerate(images):
+            image.save(out / f"{f.stem}_sample{k}.png")
+
+    return for_each_file(args, "synthesize", work)
 
 
 def repo_files(model_dir: Path) -> list[str]:

@@ -64,7 +64,11 @@ def for_each_file(args, name: str, work) -> int:
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    import torch
+
+    # Without a GPU, cpu=True makes a multi-process launch (torchrun env) join a gloo group instead of each
+    # process thinking it is alone.
+    state = PartialState(cpu=not torch.cuda.is_available())
     files = expand_inputs(args.inputs)
     pipe = load_pipeline(args.model, state.device)
     out = Path(args.output_dir)
@@ -77,6 +81,8 @@ def for_each_file(args, name: str, work) -> int:
             except Exception as e:
                 print(f"semflow: skipped {f}: {type(e).__name__}: {e}", file=sys.stderr)
                 failed += 1
+        if state.num_processes > 1:
+            print(f"semflow: process {state.process_index + 1}/{state.num_processes}: {len(mine)} files", file=sys.stderr)
     return 1 if failed else 0
 
 

@@ -81,13 +81,16 @@ def test_accelerate_launch_splits_files_across_two_processes(model_dir, photos, 
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     subprocess.run(["semflow", "segment", str(photos), "-o", str(out1), "--model", str(model_dir)],
                    check=True, env=env, capture_output=True, timeout=300)
+    # `--cpu --num_processes 2` starts a single process in accelerate 1.x; the multi-process launcher with no
+    # visible GPU gives two real CPU processes (gloo).
     launched = subprocess.run(
-        [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2", "--num_machines", "1",
-         "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "semflow_pipeline.cli", "segment", str(photos),
-         "-o", str(out2), "--model", str(model_dir)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+         "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "semflow_pipeline.cli",
+         "segment", str(photos), "-o", str(out2), "--model", str(model_dir)],
+        env=dict(env, CUDA_VISIBLE_DEVICES=""), capture_output=True, text=True, timeout=300,
     )
     assert launched.returncode == 0, launched.stderr[-3000:]
+    assert "process 1/2: 2 files" in launched.stderr and "process 2/2: 1 files" in launched.stderr
     names = sorted(p.name for p in out1.iterdir())
     assert names == sorted(p.name for p in out2.iterdir()) and len(names) == 6
     for n in names:

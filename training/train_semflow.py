@@ -52,7 +52,7 @@ DEFAULTS: Dict[str, Any] = {
     "attention_levels": [], "norm_num_groups": 8, "pretrained_model_name_or_path": None,
     # flow
     "t_sampling": "uniform", "t_zero_prob": 0.0, "t_one_prob": 0.0, "t_beta_alpha": 0.5,
-    "perturbation": 0.05, "mask_ignore_in_loss": True, "mask_loss_weight": 1.0,
+    "coupling": "paper", "perturbation": 0.05, "mask_ignore_in_loss": True, "mask_loss_weight": 1.0,
     "mask_ce_weight": 0.0, "mask_ce_scale": 4.0,
     # optimisation
     "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
@@ -62,7 +62,7 @@ DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/semflow-camvid", "checkpointing_steps": 200, "checkpoints_total_limit": 2,
     "stop_at_step": None,  # save a checkpoint and exit there (time-sliced jobs; tests)
     "log_every": 10, "val_every": 400, "val_num_inference_steps": 1, "tensorboard": True,
-    "default_num_inference_steps": 1, "eval_num_inference_steps": [1, 2, 5], "final_eval": True,
+    "default_num_inference_steps": 1, "processing_resolution": None, "eval_num_inference_steps": [1, 2, 5], "final_eval": True,
     "license": "mit", "hub_model_id": None,
 }
 
@@ -159,7 +159,8 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
         return SemFlowPipeline(unet=unet, scheduler=scheduler, id2label=id2label, label_colors=label_colors,
                                ignore_index=info["ignore_index"], palette=cfg["palette"], space_to_depth=s,
                                default_num_inference_steps=cfg["default_num_inference_steps"],
-                               default_processing_resolution=max(h, w))
+                               default_processing_resolution=int(cfg["processing_resolution"] or max(h, w)),
+                               coupling=cfg["coupling"])
     if cfg["mode"] != "latent":
         raise ValueError(f"mode must be pixel or latent, got {cfg['mode']!r}")
     from diffusers import AutoencoderKL, UNet2DConditionModel
@@ -444,7 +445,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if pipe is not None:
             return lambda imgs: pipe.segment(imgs, num_inference_steps=int(cfg["val_num_inference_steps"]),
                                              batch_size=8, output_type="np").labels
-        seg = BaselineSegmenter(plain, info["class_names"], ignore, tuple(cfg["resolution"]), int(cfg["space_to_depth"]))
+        seg = BaselineSegmenter(plain, info["class_names"], ignore, baseline_resolution(cfg), int(cfg["space_to_depth"]))
         return lambda imgs: seg.segment(imgs)
 
     def run_val() -> float:
@@ -551,7 +552,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if pipe is not None:
             pipe.save_pretrained(final_dir)
         else:
-            BaselineSegmenter(plain, info["class_names"], ignore, tuple(cfg["resolution"]),
+            BaselineSegmenter(plain, info["class_names"], ignore, baseline_resolution(cfg),
                               int(cfg["space_to_depth"]), info["colors"], cfg["objective"]).save_pretrained(final_dir)
         try:
             plot_log(log_path, os.path.join(out, "training_curves.png"))
@@ -575,6 +576,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             tb.close()
     accelerator.end_training()
     return result
+
+
+def baseline_resolution(cfg) -> tuple:
+    """(H, W) the baseline segments at: the crop size, or its aspect scaled to ``processing_resolution``."""
+    h, w = cfg["resolution"]
+    pr = cfg["processing_resolution"]
+    if not pr:
+        return (h, w)
+    m = 8 * int(cfg["space_to_depth"])  # 3 downsamplings of the folded grid (block_out_channels has 4 levels)
+    s = pr / max(h, w)
+    return (max(m, round(h * s / m) * m), max(m, round(w * s / m) * m))
 
 
 def hardware_string(accelerator) -> str:

@@ -10,9 +10,10 @@
 Segmentation: per-class IoU and mIoU from one confusion matrix summed over the split (ignore label not
 scored), per step count, plus seconds per image (batch 8, this machine).
 Synthesis (``--synthesis``): for every label map, ``--num-seeds`` images are synthesized, segmented by the
-baseline, and scored against the label map ("segmenter mIoU on generated images"); the ratio to the
-baseline's mIoU on the real photos, and diversity = mean over pixels of the per-pixel std across seeds
-(RGB in [0, 1]), per perturbation strength.
+baseline, and scored against the label map; reported per step count and β: layout fidelity (that mIoU / the
+baseline's on the real photos), diversity (two-sample mean |Δ|, per-pixel std over 4 samples), sharpness
+(Laplacian variance ratio to the real photos) and a Fréchet distance on the baseline encoder's features
+(see ``training/generative_metrics.py`` and ``synthesis_metrics``).
 """
 
 from __future__ import annotations
@@ -111,47 +112,81 @@ def evaluate_model(path: str, ds, steps: Sequence[int] = (1,), batch_size: int =
     return {"model": path, "kind": kind, "class_names": names, "num_images": len(ds), "segmentation": rows}
 
 
-def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequence[float], num_seeds: int = 3,
-                      steps: Sequence[int] = (1,), real_miou: Optional[float] = None, seed: int = 0) -> List[Dict]:
-    """Baseline-segmenter mIoU on images synthesized from each label map, and diversity across seeds."""
+def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequence[float], num_seeds: int = 2,
+                      steps: Sequence[int] = (1,), real_miou: Optional[float] = None, seed: int = 0,
+                      std_seeds: int = 4, std_images: int = 16) -> List[Dict]:
+    """Synthesis judged as a generative model, per (step count, β), on images made from every label map.
+
+    For each label map ``num_seeds`` images are synthesized (``std_seeds`` for the first ``std_images`` maps):
+
+    - layout fidelity (``ratio``): the baseline segmenter's mIoU on the synthesized images (``synth_miou``,
+      against the label map) / its mIoU on the real photos (``real_miou``);
+    - diversity: ``diversity_abs_diff``, mean |Δ| between two samples of one mask (RGB in [0, 1]), and
+      ``diversity_std``, the per-pixel std over ``std_seeds`` samples;
+    - ``sharpness_ratio``: Laplacian variance of samples / of the real photos, at the labels' (output) size;
+    - ``frechet_distance``: real vs synthesized photos on the baseline encoder's features (see
+      ``training/generative_metrics.py``; no Inception weights offline, so only comparable between our models).
+    """
+    from training.generative_metrics import (SegmenterFeatures, frechet_distance, laplacian_variance,
+                                             mean_abs_diff, pixel_std, summarize_sharpness)
+
     k, ignore = len(ds.class_names), ds.ignore_index
     if real_miou is None:
         real_miou = segment_split("baseline", baseline, ds, k, ignore)[0].miou()
+    features = SegmenterFeatures(baseline)
+    real = [ds.raw(i)[0].permute(1, 2, 0).numpy() for i in range(len(ds))]  # uint8 (H, W, 3)
+    real_feats = np.concatenate([features(np.stack([im])) for im in real])
+    real_lap = np.concatenate([laplacian_variance(im[None].astype(np.float32) / 255.0) for im in real])
     out = []
     for s in steps:
         for beta in perturbations:
             cm = ConfusionMatrix(k, ignore)
-            stds, t_total = [], 0.0
+            diffs, stds, laps, feats, t_total, n_images = [], [], [], [], 0.0, 0
             for i in range(len(ds)):
                 lab = ds.raw(i)[1].long()
+                n = max(num_seeds, std_seeds if i < std_images else 0)
                 g = torch.Generator().manual_seed(seed * 100003 + i)
                 t = time.perf_counter()
                 imgs = pipe.synthesize(lab, num_inference_steps=s, perturbation=float(beta),
-                                       num_images_per_mask=num_seeds, generator=g, output_type="np").images
+                                       num_images_per_mask=n, generator=g, output_type="np").images
                 t_total += time.perf_counter() - t
-                imgs = np.asarray(imgs)  # (S, H, W, 3) in [0, 1]
-                preds = baseline.segment([(im * 255).round().astype(np.uint8) for im in imgs])
-                for p in preds:
+                n_images += n
+                imgs = np.asarray(imgs)  # (n, H, W, 3) in [0, 1]
+                scored = imgs[:num_seeds]
+                for p in baseline.segment([(im * 255).round().astype(np.uint8) for im in scored]):
                     cm.update(p, lab)
-                if num_seeds > 1:
-                    stds.append(float(imgs.std(axis=0).mean()))
+                laps.append(laplacian_variance(scored))
+                feats.append(features(scored))
+                if n >= 2:
+                    diffs.append(mean_abs_diff(imgs[0], imgs[1]))
+                if i < std_images and n >= std_seeds:
+                    stds.append(pixel_std(imgs[:std_seeds]))
             miou = cm.miou()
             out.append({"steps": s, "perturbation": float(beta), "num_seeds": num_seeds, "synth_miou": miou,
                         "real_miou": real_miou, "ratio": miou / real_miou if real_miou else float("nan"),
-                        "diversity_std": float(np.mean(stds)) if stds else 0.0,
-                        "sec_per_image": t_total / (len(ds) * num_seeds),
-                        "iou": [float(x) for x in cm.iou()]})
+                        "diversity_abs_diff": float(np.mean(diffs)) if diffs else 0.0,
+                        "diversity_std": float(np.mean(stds)) if stds else 0.0, "std_seeds": std_seeds,
+                        "std_images": min(std_images, len(ds)),
+                        "sharpness_ratio": summarize_sharpness(np.concatenate(laps), real_lap),
+                        "frechet_distance": frechet_distance(real_feats, np.concatenate(feats)),
+                        "sec_per_image": t_total / n_images, "iou": [float(x) for x in cm.iou()]})
+            print(f"synthesis {s} steps, β={beta:g}: fidelity {out[-1]['ratio']:.3f}, |Δ| "
+                  f"{out[-1]['diversity_abs_diff']:.4f}, std {out[-1]['diversity_std']:.4f}, sharpness "
+                  f"{out[-1]['sharpness_ratio']:.3f}, FD {out[-1]['frechet_distance']:.3f}", flush=True)
     return out
 
 
 def format_results(res: Dict) -> str:
     lines = [markdown_table(res["segmentation"], res["class_names"])]
     if res.get("synthesis"):
-        lines += ["", "| synthesis steps | perturbation β | baseline mIoU on synthesized | on real photos | ratio | "
-                      "diversity (pixel std) | s/image |", "|---|---|---|---|---|---|---|"]
+        lines += ["", "| synthesis steps | β | baseline mIoU on synthesized | on real photos | layout fidelity | "
+                      "two-sample mean abs diff | pixel std (4 samples) | sharpness ratio | Fréchet distance | "
+                      "s/image |", "|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["synthesis"]:
             lines.append(f"| {r['steps']} | {r['perturbation']:g} | {r['synth_miou']:.3f} | {r['real_miou']:.3f} | "
-                         f"{r['ratio']:.2f} | {r['diversity_std']:.4f} | {r['sec_per_image']:.3f} |")
+                         f"{r['ratio']:.2f} | {r.get('diversity_abs_diff', 0):.4f} | {r['diversity_std']:.4f} | "
+                         f"{r.get('sharpness_ratio', float('nan')):.3f} | {r.get('frechet_distance', float('nan')):.3f} | "
+                         f"{r['sec_per_image']:.3f} |")
     return "\n".join(lines)
 
 
@@ -166,9 +201,11 @@ def main(argv=None):
     ap.add_argument("--max-images", type=int, default=None, help="only the first N pairs (quick checks)")
     ap.add_argument("--synthesis", action="store_true", help="also score synthesis (needs --baseline)")
     ap.add_argument("--baseline", default=None, help="baseline folder used to score synthesized images")
-    ap.add_argument("--perturbations", type=float, nargs="+", default=[0.05, 0.2])
+    ap.add_argument("--perturbations", type=float, nargs="+", default=[0.05])
     ap.add_argument("--synthesis-steps", type=int, nargs="+", default=[1])
-    ap.add_argument("--num-seeds", type=int, default=3)
+    ap.add_argument("--num-seeds", type=int, default=2, help="samples per label map for fidelity, |Δ|, sharpness, FD")
+    ap.add_argument("--std-seeds", type=int, default=4, help="samples per map for the per-pixel std")
+    ap.add_argument("--std-images", type=int, default=16, help="label maps that get --std-seeds samples")
     ap.add_argument("--json", default=None, help="write all numbers here")
     args = ap.parse_args(argv)
 
@@ -183,7 +220,8 @@ def main(argv=None):
         base = BaselineSegmenter.from_pretrained(args.baseline)
         with torch.inference_mode():
             res["synthesis"] = synthesis_metrics(pipe, base, ds, args.perturbations, args.num_seeds,
-                                                 args.synthesis_steps)
+                                                 args.synthesis_steps, std_seeds=args.std_seeds,
+                                                 std_images=args.std_images)
     print(format_results(res))
     if args.json:
         with open(args.json, "w") as f:

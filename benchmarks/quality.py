@@ -38,7 +38,7 @@ def main(argv=None):
     add_common_args(ap)
     ap.add_argument("--split", default="val")
     ap.add_argument("--steps", type=int, nargs="+", default=[1, 2, 4, 5, 10, 25], help="Euler step counts")
-    ap.add_argument("--heun-steps", type=int, nargs="+", default=[1, 2, 5], help="Heun step counts (2 calls each)")
+    ap.add_argument("--heun-steps", type=int, nargs="*", default=[1, 2, 5], help="Heun step counts (2 calls each)")
     ap.add_argument("--synthesis-steps", type=int, nargs="+", default=[1, 5, 10, 25])
     ap.add_argument("--synthesis-heun-steps", type=int, nargs="*", default=[])
     ap.add_argument("--baseline", default=DEFAULT_BASELINE, help="CE baseline folder that scores synthesized images")
@@ -48,6 +48,9 @@ def main(argv=None):
     ap.add_argument("--max-images", type=int, default=None, help="only the first N pairs of the split")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--no-synthesis", action="store_true")
+    ap.add_argument("--segmentation-from", default=None, metavar="EVAL_JSON",
+                    help="take the Euler segmentation rows from a training/evaluate.py --json file (e.g. the run's "
+                         "eval.json) instead of measuring them again; use with --steps 1 --heun-steps")
     args = ap.parse_args(argv)
     if args.quick:
         args.steps, args.heun_steps = [1, 2], [1]
@@ -104,6 +107,19 @@ def main(argv=None):
                     print(f"synthesize {solver} {r['steps']:2d} steps: baseline mIoU on synthesized "
                           f"{r['synth_miou']:.4f} (ratio {r['ratio']:.2f})", flush=True)
                 monitor.check()
+    if args.segmentation_from:
+        import json
+
+        with open(args.segmentation_from) as f:
+            ev = json.load(f)
+        measured = {(r["solver"], r["steps"]) for r in res["segmentation"]}
+        for r in ev["segmentation"]:
+            steps = int(r["name"].split()[1])
+            if ("euler", steps) not in measured:
+                res["segmentation"].append({"solver": "euler", "steps": steps, "network_calls": steps,
+                                            "miou": r["miou"], "pixel_acc": r["pixel_acc"], "iou": r["iou"],
+                                            "sec_per_image": r["sec_per_image"]})
+        res["segmentation_from"] = args.segmentation_from
     monitor.check()
     res.update(contended=monitor.contended, training_jobs_seen=monitor.seen, validity=monitor.label())
     md = render(res)

@@ -207,14 +207,27 @@ class AnchorCodec:
         return anchor_images + perturbation * noise
 
     def mask_end(
-        self, anchor_images: torch.Tensor, perturbation: float, generator: Optional[torch.Generator] = None
+        self,
+        anchor_images: torch.Tensor,
+        perturbation: float,
+        generator: Optional[torch.Generator] = None,
+        noise_prob: float = 1.0,
     ) -> torch.Tensor:
         """The ODE's t=1 state for anchor images ``(N, C, H, W)``: the finite perturbation, and with the
-        ``"gaussian"`` coupling ``N(0, I)`` noise in the image channels 0-2. Both are drawn from ``generator``."""
+        ``"gaussian"`` coupling ``N(0, I)`` noise in the image channels 0-2. Both are drawn from ``generator``.
+
+        ``noise_prob`` < 1 (training only) gives each sample the noise with that probability and zeros (the
+        paper's end) otherwise: a mixture coupling whose zero branch is exactly the path that segmentation
+        integrates (image channels fading linearly to 0), so more segmentation steps stay in distribution,
+        while synthesis starts from the Gaussian branch.
+        """
         state = self.perturb(anchor_images, perturbation, generator) if perturbation > 0 else anchor_images.clone()
         if self.coupling == "gaussian":
             n, _, h, w = anchor_images.shape
             noise = torch.randn((n, 3, h, w), generator=generator, device="cpu", dtype=torch.float32)
+            if noise_prob < 1.0:
+                keep = torch.rand((n, 1, 1, 1), generator=generator, device="cpu") < noise_prob
+                noise = noise * keep
             state[:, :3] = noise.to(state.device, state.dtype)
         return state
 

@@ -267,17 +267,20 @@ class SemFlowPipeline(DiffusionPipeline):
         return (states[:, :3] + torch.einsum("nkhw,kc->nchw", weights, colors)).clamp(-1, 1)
 
     def prepare_endpoints(
-        self, images: torch.Tensor, labels: torch.Tensor, perturbation: float = 0.0, generator=None
+        self, images: torch.Tensor, labels: torch.Tensor, perturbation: float = 0.0, generator=None,
+        noise_prob: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pairs: images ``(N, 3, h, w)`` in [-1, 1] and labels ``(N, H, W)`` -> (image end, mask end).
 
         The anchor image is built at the labels' resolution and area-resized to the images' (the paper resizes
-        anchors bilinearly, so borders get mixed anchors), then perturbed, then VAE-encoded in latent mode.
+        anchors bilinearly, so borders get mixed anchors), then perturbed (and, with the Gaussian coupling, given
+        image-channel noise with probability ``noise_prob``: see ``AnchorCodec.mask_end``), then VAE-encoded in
+        latent mode.
         """
         masks = self.codec.encode(labels.to(images.device))
         if masks.shape[-2:] != images.shape[-2:]:
             masks = F.interpolate(masks, size=images.shape[-2:], mode="area")
-        masks = self.codec.mask_end(masks, perturbation, generator)
+        masks = self.codec.mask_end(masks, perturbation, generator, noise_prob)
         if self.vae is not None:
             return self._vae_encode(images, generator, sample=True), self._vae_encode(masks)
         return self.codec.lift_image(images), masks

@@ -107,3 +107,13 @@ def test_coupling_is_saved_and_loads_with_trust_remote_code_without_the_package(
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-2000:]
+
+
+def test_training_mixture_gives_noise_to_a_share_of_samples():
+    codec = AnchorCodec("simplex", 11, coupling="gaussian")
+    anchors = codec.encode(torch.randint(0, 11, (400, 4, 4)))
+    end = codec.mask_end(anchors, 0.0, torch.Generator().manual_seed(0), noise_prob=0.5)
+    noisy = end[:, :3].flatten(1).abs().amax(dim=1) > 0
+    assert 150 < int(noisy.sum()) < 250  # ~Binomial(400, 0.5)
+    assert torch.equal(end[~noisy, :3], torch.zeros_like(end[~noisy, :3]))
+    assert torch.equal(end[:, 3:], anchors[:, 3:])

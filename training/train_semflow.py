@@ -52,7 +52,7 @@ DEFAULTS: Dict[str, Any] = {
     "attention_levels": [], "norm_num_groups": 8, "pretrained_model_name_or_path": None,
     # flow
     "t_sampling": "uniform", "t_zero_prob": 0.0, "t_one_prob": 0.0, "t_beta_alpha": 0.5,
-    "coupling": "paper", "perturbation": 0.05, "mask_ignore_in_loss": True, "mask_loss_weight": 1.0,
+    "coupling": "paper", "coupling_noise_prob": 1.0, "perturbation": 0.05, "mask_ignore_in_loss": True, "mask_loss_weight": 1.0,
     "mask_ce_weight": 0.0, "mask_ce_scale": 4.0,
     # optimisation
     "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
@@ -214,7 +214,7 @@ def semflow_loss(pipe, batch, cfg, generator, model=None) -> torch.Tensor:
     MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W)."""
     images, labels = batch["image"], batch["label"]
     image_end, mask_end = pipe.prepare_endpoints(images, labels, perturbation=float(cfg["perturbation"]),
-                                                 generator=generator)
+                                                 generator=generator, noise_prob=float(cfg["coupling_noise_prob"]))
     n = images.shape[0]
     t = sample_t(cfg, n, generator).to(images.device)
     timesteps = t * pipe.scheduler.config.num_train_timesteps

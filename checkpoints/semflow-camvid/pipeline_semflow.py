@@ -75,6 +75,9 @@ class SemFlowPipeline(DiffusionPipeline):
         ignore_index: the label id that is not a class (void), or `None`.
         palette: anchor palette, `"simplex"` (pixel mode), `"paper"` or `"max_spread"` (RGB; latent mode needs RGB).
         space_to_depth: pixel mode only; the UNet sees the state folded by this factor (`pixel_unshuffle`).
+        coupling: `"paper"` (the mask end is the anchor image + the finite perturbation) or `"gaussian"` (simplex:
+            also `N(0, I)` noise in the mask end's image channels, drawn from `generator`, so synthesis is varied;
+            segmentation stays deterministic because the image end holds no noise). See `anchors.py`.
         default_num_inference_steps: Euler steps when `num_inference_steps` is not given.
         default_processing_resolution: longest edge the model works at when `processing_resolution` is not given.
     """
@@ -96,6 +99,7 @@ class SemFlowPipeline(DiffusionPipeline):
         space_to_depth: int = 1,
         default_num_inference_steps: int = 1,
         default_processing_resolution: int = 128,
+        coupling: str = "paper",
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
@@ -120,8 +124,9 @@ class SemFlowPipeline(DiffusionPipeline):
             space_to_depth=space_to_depth,
             default_num_inference_steps=default_num_inference_steps,
             default_processing_resolution=default_processing_resolution,
+            coupling=coupling,
         )
-        self.codec = AnchorCodec(palette, num_classes, ignore_index)
+        self.codec = AnchorCodec(palette, num_classes, ignore_index, coupling)
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
         missing = [str(i) for i in range(num_classes) if str(i) not in label_colors]
         if missing:
@@ -262,18 +267,20 @@ class SemFlowPipeline(DiffusionPipeline):
         return (states[:, :3] + torch.einsum("nkhw,kc->nchw", weights, colors)).clamp(-1, 1)
 
     def prepare_endpoints(
-        self, images: torch.Tensor, labels: torch.Tensor, perturbation: float = 0.0, generator=None
+        self, images: torch.Tensor, labels: torch.Tensor, perturbation: float = 0.0, generator=None,
+        noise_prob: float = 1.0,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training pairs: images ``(N, 3, h, w)`` in [-1, 1] and labels ``(N, H, W)`` -> (image end, mask end).
 
         The anchor image is built at the labels' resolution and area-resized to the images' (the paper resizes
-        anchors bilinearly, so borders get mixed anchors), then perturbed, then VAE-encoded in latent mode.
+        anchors bilinearly, so borders get mixed anchors), then perturbed (and, with the Gaussian coupling, given
+        image-channel noise with probability ``noise_prob``: see ``AnchorCodec.mask_end``), then VAE-encoded in
+        latent mode.
         """
         masks = self.codec.encode(labels.to(images.device))
         if masks.shape[-2:] != images.shape[-2:]:
             masks = F.interpolate(masks, size=images.shape[-2:], mode="area")
-        if perturbation > 0:
-            masks = self.codec.perturb(masks, perturbation, generator)
+        masks = self.codec.mask_end(masks, perturbation, generator, noise_prob)
         if self.vae is not None:
             return self._vae_encode(images, generator, sample=True), self._vae_encode(masks)
         return self.codec.lift_image(images), masks
@@ -523,9 +530,10 @@ class SemFlowPipeline(DiffusionPipeline):
             mask: an integer label map (``(H, W)`` array/tensor, or a single-channel PIL image such as a label-id
                 PNG), a colour-coded RGB PIL image in the display colours, or a list of those.
             perturbation: β of the finite perturbation ``U(-β, β)`` added to the anchor image; it must stay below
-                ``pipe.codec.max_perturbation`` so that no pixel changes class. Larger β -> more variety.
-            num_images_per_mask: samples per mask (each with its own perturbation).
-            generator: seeds the perturbation (the ODE itself is deterministic).
+                ``pipe.codec.max_perturbation`` so that no pixel changes class. With the paper's coupling it is the
+                only source of variety (larger β -> more); with ``coupling="gaussian"`` the image-channel noise is.
+            num_images_per_mask: samples per mask (each with its own perturbation and noise).
+            generator: seeds the perturbation and the Gaussian noise (the ODE itself is deterministic).
             output_type: ``"pil"``, ``"np"`` (``(N, H, W, 3)`` in [0, 1]) or ``"pt"`` (``(N, 3, H, W)``).
         """
         steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
@@ -540,7 +548,7 @@ class SemFlowPipeline(DiffusionPipeline):
             if tuple(anchor.shape[-2:]) != tuple(size):  # (area resize to the same size is the identity)
                 anchor = F.interpolate(anchor, size=size, mode="area")
             anchor = anchor.repeat(num_images_per_mask, 1, 1, 1)
-            start = self.mask_to_state(self.codec.perturb(anchor, float(perturbation), generator))
+            start = self.mask_to_state(self.codec.mask_end(anchor, float(perturbation), generator))
             x = self.state_to_image(self.integrate(start, steps, "synthesize", callback_on_step_end))
             if match_input_resolution and tuple(x.shape[-2:]) != tuple(m.shape):
                 x = F.interpolate(x, size=m.shape, mode="bilinear", align_corners=False)

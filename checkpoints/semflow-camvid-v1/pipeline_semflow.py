@@ -1,0 +1,691 @@
+"""SemFlowPipeline: semantic segmentation and semantic image synthesis with one rectified-flow ODE.
+
+``segment`` integrates the ODE forward from an image (t=0) to its anchor mask (t=1) and reads class ids
+back by nearest anchor; ``synthesize`` integrates backward from a finitely perturbed anchor mask to an image.
+See ``scheduling_semflow.py`` for the time convention and ``anchors.py`` for the mask codec.
+
+Two state spaces:
+- pixel mode (no ``vae``): the state is the image (or anchor image) itself, ``C = codec.num_channels``
+  channels at the processing resolution, optionally folded ``space_to_depth`` times into the UNet's channels;
+- latent mode (``vae`` given, as in the paper): the state is the VAE latent of the RGB image / anchor image.
+"""
+
+from __future__ import annotations
+
+import colorsys
+import importlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Union
+
+import numpy as np
+import PIL.Image
+import torch
+import torch.nn.functional as F
+from diffusers import DiffusionPipeline
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils import BaseOutput
+
+from .anchors import AnchorCodec
+from .scheduling_semflow import SemFlowScheduler
+
+ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, list]
+OUTPUT_TYPES = ("np", "pt", "pil")
+
+
+@dataclass
+class SemFlowSegmentationOutput(BaseOutput):
+    """
+    Args:
+        labels (`np.ndarray` `(N, H, W)` int64, or `torch.Tensor`, or a list when the inputs differ in size):
+            class id per pixel at the input's size (processing size if `match_input_resolution=False`).
+        confidence (same layout, float32 in [0, 1]): nearest-anchor margin, 1 at an anchor, 0 half-way.
+        anchor_images (`(N, C_cls, h, w)` float32): the predicted anchor images (the ODE's t=1 end, class
+            channels only) at the processing resolution.
+    """
+
+    labels: Any
+    confidence: Any
+    anchor_images: Any
+
+
+@dataclass
+class SemFlowSynthesisOutput(BaseOutput):
+    """
+    Args:
+        images (list of `PIL.Image.Image`, or `np.ndarray` `(N, H, W, 3)` / `torch.Tensor` `(N, 3, H, W)` in
+            [0, 1]): `num_images_per_mask` images for every mask, mask-major order.
+    """
+
+    images: Any
+
+
+class SemFlowPipeline(DiffusionPipeline):
+    """Segmentation and semantic image synthesis with SemFlow (Wang et al., NeurIPS 2024).
+
+    Args:
+        unet: `UNet2DModel` (pixel mode) or `UNet2DConditionModel` (latent mode, fed the empty-prompt embedding).
+        scheduler: `SemFlowScheduler`.
+        vae: optional `AutoencoderKL` / `AutoencoderTiny`; given, the ODE runs in its latent space.
+        text_encoder, tokenizer: optional, only to compute the empty-prompt embedding for SD-style UNets.
+        id2label: `{"0": "sky", ...}` class names by id (a dict, as in transformers' configs).
+        label_colors: `{"0": [r, g, b], ...}` display colours (0..255); may include `ignore_index`'s colour.
+        ignore_index: the label id that is not a class (void), or `None`.
+        palette: anchor palette, `"simplex"` (pixel mode), `"paper"` or `"max_spread"` (RGB; latent mode needs RGB).
+        space_to_depth: pixel mode only; the UNet sees the state folded by this factor (`pixel_unshuffle`).
+        default_num_inference_steps: Euler steps when `num_inference_steps` is not given.
+        default_processing_resolution: longest edge the model works at when `processing_resolution` is not given.
+    """
+
+    model_cpu_offload_seq = "text_encoder->vae->unet"
+    _optional_components = ["vae", "text_encoder", "tokenizer"]
+
+    def __init__(
+        self,
+        unet,
+        scheduler: SemFlowScheduler,
+        vae=None,
+        text_encoder=None,
+        tokenizer=None,
+        id2label: Optional[dict] = None,
+        label_colors: Optional[dict] = None,
+        ignore_index: Optional[int] = None,
+        palette: str = "simplex",
+        space_to_depth: int = 1,
+        default_num_inference_steps: int = 1,
+        default_processing_resolution: int = 128,
+    ):
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        if id2label is None:
+            raise ValueError("`id2label` is required, e.g. {'0': 'background', '1': 'object'}.")
+        id2label = {str(k): str(v) for k, v in id2label.items()}
+        if vae is not None and palette == "simplex":
+            raise ValueError("Latent mode encodes anchor images with the VAE, which needs an RGB palette "
+                             "('paper' or 'max_spread'), not 'simplex'.")
+        num_classes = len(id2label)
+        if label_colors is None:
+            grid = (default_label_colors(num_classes) * 255).round().astype(int)
+            label_colors = {str(i): grid[i].tolist() for i in range(num_classes)}
+            if ignore_index is not None:
+                label_colors[str(ignore_index)] = [0, 0, 0]
+        label_colors = {str(k): [int(c) for c in v] for k, v in label_colors.items()}
+        self.register_to_config(
+            id2label=id2label,
+            label_colors=label_colors,
+            ignore_index=ignore_index,
+            palette=palette,
+            space_to_depth=space_to_depth,
+            default_num_inference_steps=default_num_inference_steps,
+            default_processing_resolution=default_processing_resolution,
+        )
+        self.codec = AnchorCodec(palette, num_classes, ignore_index)
+        self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
+        missing = [str(i) for i in range(num_classes) if str(i) not in label_colors]
+        if missing:
+            raise ValueError(f"`label_colors` has no colour for class ids {missing}.")
+        self.label_colors = np.array([label_colors[str(i)] for i in range(num_classes)], dtype=np.uint8)  # (K, 3)
+        self.ignore_color = np.array(label_colors.get(str(ignore_index), [0, 0, 0]), dtype=np.uint8)
+
+    # --------------------------------------------------------------------------------------------- properties
+    @property
+    def class_names(self) -> list[str]:
+        return [self.config.id2label[str(i)] for i in range(len(self.config.id2label))]
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.config.id2label)
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1) if self.vae is not None else 1
+
+    @property
+    def size_multiple(self) -> int:
+        """Processing sizes must be multiples of this (UNet downsamplings x folding x VAE factor)."""
+        downsamplings = 2 ** (len(self.unet.config.block_out_channels) - 1)
+        return downsamplings * self.config.space_to_depth * self.vae_scale_factor
+
+    # ------------------------------------------------------------------------------------------ the network
+    def predict(
+        self,
+        sample: torch.Tensor,
+        timestep: Union[float, torch.Tensor],
+        encoder_hidden_states: Optional[torch.Tensor] = None,
+        unet: Optional[torch.nn.Module] = None,
+    ) -> torch.Tensor:
+        """Raw network output for state ``sample`` ``(N, C, h, w)`` at network time ``timestep`` (t * 1000).
+
+        Returns ``(N, C, h, w)`` (velocity) or ``(N, 2C, h, w)`` (endpoints). Training calls this too, so the
+        folding and conditioning are the same in training and inference; it passes its wrapped model (DDP,
+        autocast) as ``unet``, while config and dtype are read from ``self.unet``.
+        """
+        net = self.unet if unet is None else unet
+        n = sample.shape[0]
+        timestep = torch.as_tensor(timestep, device=sample.device, dtype=torch.float32).reshape(-1).expand(n)
+        x = sample.to(self.unet.dtype)
+        r = self.config.space_to_depth
+        if r > 1:
+            x = _pixel_unshuffle(x, r)
+        if self._is_conditional:
+            if encoder_hidden_states is None:
+                encoder_hidden_states = self.encode_empty_prompt(sample.device)
+            encoder_hidden_states = encoder_hidden_states.to(self.unet.dtype).expand(n, -1, -1)
+            out = net(x, timestep, encoder_hidden_states=encoder_hidden_states).sample
+        else:
+            out = net(x, timestep).sample
+        if r > 1:
+            out = _pixel_shuffle(out, r)
+        return out.float()
+
+    def encode_empty_prompt(self, device=None) -> torch.Tensor:
+        """Empty-prompt text embedding ``(1, L, D)`` for SD-style UNets; zeros ``(1, 1, D)`` without a text encoder."""
+        device = device or self.device
+        if self.text_encoder is None or self.tokenizer is None:
+            return torch.zeros(1, 1, self.unet.config.cross_attention_dim, device=device)
+        ids = self.tokenizer(
+            [""], padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(device)
+        return self.text_encoder(ids)[0]
+
+    def integrate(
+        self,
+        state: torch.Tensor,
+        num_inference_steps: int,
+        direction: str,
+        callback_on_step_end: Optional[Callable] = None,
+    ) -> torch.Tensor:
+        """The SemFlow ODE: Euler/Heun from t=0 to 1 (``"segment"``) or from t=1 to 0 (``"synthesize"``).
+
+        Args:
+            state: ``(N, C, h, w)`` the start state (image end or perturbed mask end).
+            callback_on_step_end: diffusers-style ``fn(pipe, i, timestep, {"latents": state}) -> dict``, called
+                after every network call (e.g. to record the trajectory).
+        """
+        self.scheduler.set_timesteps(num_inference_steps, device=state.device, direction=direction)
+        cond = self.encode_empty_prompt(state.device) if self._is_conditional else None
+        for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
+            model_output = self.predict(self.scheduler.scale_model_input(state, t), t, cond)
+            state = self.scheduler.step(model_output, t, state).prev_sample
+            if callback_on_step_end is not None:
+                state = callback_on_step_end(self, i, t, {"latents": state}).get("latents", state)
+        return state
+
+    @property
+    def _is_conditional(self) -> bool:
+        return getattr(self.unet.config, "cross_attention_dim", None) is not None
+
+    # --------------------------------------------------------------------------------------- state spaces
+    def _vae_encode(self, x: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        enc = self.vae.encode(x.to(self.vae.dtype))
+        if hasattr(enc, "latent_dist"):
+            z = enc.latent_dist.sample(generator) if sample else enc.latent_dist.mode()
+        else:  # AutoencoderTiny returns latents directly
+            z = enc.latents
+        return z.float() * self.vae.config.scaling_factor
+
+    def _vae_decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.vae.decode((z / self.vae.config.scaling_factor).to(self.vae.dtype)).sample.float()
+
+    def image_to_state(self, images: torch.Tensor, generator=None, sample: bool = False) -> torch.Tensor:
+        """Images ``(N, 3, h, w)`` in [-1, 1] -> the ODE's t=0 state."""
+        if self.vae is not None:
+            return self._vae_encode(images, generator, sample)
+        return self.codec.lift_image(images)
+
+    def mask_to_state(self, anchor_images: torch.Tensor) -> torch.Tensor:
+        """Anchor images ``(N, C, h, w)`` -> the ODE's t=1 state (the VAE's mode in latent mode)."""
+        return self._vae_encode(anchor_images) if self.vae is not None else anchor_images
+
+    def state_to_mask(self, state: torch.Tensor) -> torch.Tensor:
+        """t=1 state -> anchor image ``(N, C, h, w)``."""
+        return self._vae_decode(state) if self.vae is not None else state
+
+    def state_to_image(self, state: torch.Tensor) -> torch.Tensor:
+        """t=0 state -> image ``(N, 3, h, w)`` in [-1, 1]."""
+        return self._vae_decode(state) if self.vae is not None else self.codec.image_from_state(state)
+
+    def render_states(self, states: torch.Tensor) -> torch.Tensor:
+        """Any intermediate state ``(N, C, h, w)`` -> an RGB picture ``(N, 3, h, w)`` in [-1, 1] (the Flow view).
+
+        Simplex states are drawn as the image channels plus the class channels in their display colours, so a
+        state at time t looks like ``(1 - t) * image + t * colour mask``.
+        """
+        if self.vae is not None:
+            return self._vae_decode(states).clamp(-1, 1)
+        if self.codec.palette != "simplex":
+            return states[:, :3].clamp(-1, 1)
+        colors = torch.from_numpy(self.label_colors).float().to(states.device) / 127.5 - 1  # (K, 3)
+        weights = states[:, self.codec.class_channels].clamp(0, 1)  # (N, K, h, w)
+        return (states[:, :3] + torch.einsum("nkhw,kc->nchw", weights, colors)).clamp(-1, 1)
+
+    def prepare_endpoints(
+        self, images: torch.Tensor, labels: torch.Tensor, perturbation: float = 0.0, generator=None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training pairs: images ``(N, 3, h, w)`` in [-1, 1] and labels ``(N, H, W)`` -> (image end, mask end).
+
+        The anchor image is built at the labels' resolution and area-resized to the images' (the paper resizes
+        anchors bilinearly, so borders get mixed anchors), then perturbed, then VAE-encoded in latent mode.
+        """
+        masks = self.codec.encode(labels.to(images.device))
+        if masks.shape[-2:] != images.shape[-2:]:
+            masks = F.interpolate(masks, size=images.shape[-2:], mode="area")
+        if perturbation > 0:
+            masks = self.codec.perturb(masks, perturbation, generator)
+        if self.vae is not None:
+            return self._vae_encode(images, generator, sample=True), self._vae_encode(masks)
+        return self.codec.lift_image(images), masks
+
+    # ----------------------------------------------------------------------------------------------- inputs
+    def processing_size(self, height: int, width: int, processing_resolution: Optional[int] = None) -> tuple:
+        """(h, w) the model works at: longest edge = ``processing_resolution`` (0: native), multiples of
+        ``size_multiple``."""
+        res = self.config.default_processing_resolution if processing_resolution is None else processing_resolution
+        scale = 1.0 if res == 0 else res / max(height, width)
+        m = self.size_multiple
+        return max(m, round(height * scale / m) * m), max(m, round(width * scale / m) * m)
+
+    @staticmethod
+    def _to_image_tensor(image: Any, name: str = "image") -> torch.Tensor:
+        """One image (PIL, ``(H, W[, C])`` array, ``([C,] H, W)`` tensor) -> float ``(3, H, W)`` in [0, 1]."""
+        if isinstance(image, PIL.Image.Image):
+            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit grayscale
+                arr = np.asarray(image).astype(np.float32)
+                arr = arr / (65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0)
+                arr = np.clip(arr, 0, 1)
+                return torch.from_numpy(arr)[None].expand(3, -1, -1).contiguous()
+            image = np.asarray(image.convert("RGB"))
+        if isinstance(image, np.ndarray):
+            if image.dtype == np.uint8:
+                t = torch.from_numpy(image.astype(np.float32) / 255.0)
+            elif image.dtype == np.uint16:
+                t = torch.from_numpy(image.astype(np.float32) / 65535.0)
+            elif np.issubdtype(image.dtype, np.floating):
+                t = torch.from_numpy(image.astype(np.float32))
+            else:
+                raise ValueError(f"`{name}` arrays must be uint8, uint16 or float in [0, 1]; got dtype {image.dtype}.")
+            if t.ndim == 2:
+                t = t[..., None]
+            if t.ndim != 3:
+                raise ValueError(f"`{name}` arrays must be (H, W) or (H, W, C); got shape {tuple(image.shape)}.")
+            t = t.permute(2, 0, 1)
+        elif isinstance(image, torch.Tensor):
+            t = image
+            if t.dtype == torch.uint8:
+                t = t.float() / 255.0
+            elif not t.is_floating_point():
+                raise ValueError(f"`{name}` tensors must be uint8 or float in [0, 1]; got dtype {t.dtype}.")
+            if t.ndim == 2:
+                t = t[None]
+            if t.ndim != 3:
+                raise ValueError(f"`{name}` tensors must be (C, H, W) or (H, W); got shape {tuple(image.shape)}.")
+            t = t.float().cpu()
+        else:
+            raise ValueError(f"`{name}` must be a PIL image, numpy array or torch tensor; got {type(image).__name__}.")
+        if t.shape[0] == 1:
+            t = t.expand(3, -1, -1)
+        elif t.shape[0] == 4:  # RGBA: drop alpha
+            t = t[:3]
+        elif t.shape[0] != 3:
+            raise ValueError(f"`{name}` must have 1, 3 or 4 channels; got {t.shape[0]}.")
+        if t.shape[1] == 0 or t.shape[2] == 0:
+            raise ValueError(f"`{name}` is empty (size {tuple(t.shape[1:])}).")
+        return t.contiguous()
+
+    @staticmethod
+    def _as_list(x: Any, name: str) -> list:
+        if x is None:
+            raise ValueError(f"`{name}` must be given.")
+        if isinstance(x, (list, tuple)):
+            if len(x) == 0:
+                raise ValueError(f"`{name}` is an empty list.")
+            return list(x)
+        if isinstance(x, torch.Tensor) and x.ndim == 4:
+            return list(x)
+        if isinstance(x, np.ndarray) and x.ndim == 4:
+            return list(x)
+        return [x]
+
+    def mask_from_colors(self, mask: Union[PIL.Image.Image, np.ndarray]) -> np.ndarray:
+        """Colour-coded mask ``(H, W, 3)`` in the display colours -> label map ``(H, W)`` int64.
+
+        Raises a ValueError naming the colours that are not in the legend.
+        """
+        rgb = np.asarray(mask.convert("RGB") if isinstance(mask, PIL.Image.Image) else mask)[..., :3].astype(np.int64)
+        keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        table = {int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]): i for i, c in enumerate(self.label_colors)}
+        if self.config.ignore_index is not None:
+            c = self.ignore_color
+            table.setdefault(int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]), self.config.ignore_index)
+        uniq, inverse, counts = np.unique(keys.ravel(), return_inverse=True, return_counts=True)
+        unknown = [(int(k), int(n)) for k, n in zip(uniq, counts) if int(k) not in table]
+        if unknown:
+            unknown.sort(key=lambda kn: -kn[1])
+            shown = ", ".join(f"#{k:06x} rgb({k >> 16}, {(k >> 8) & 255}, {k & 255}) ({n} px)" for k, n in unknown[:8])
+            more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
+            raise ValueError(
+                f"`mask` has {len(unknown)} colour(s) that are not class colours: {shown}{more}. "
+                "Use the legend's colours exactly (no anti-aliasing), or upload a single-channel label-id PNG."
+            )
+        ids = np.array([table[int(k)] for k in uniq], dtype=np.int64)
+        return ids[inverse].reshape(keys.shape)
+
+    def _to_label_map(self, mask: Any) -> torch.Tensor:
+        """One mask (label-id PIL/array/tensor, or colour-coded RGB PIL/array) -> ``(H, W)`` int64 tensor."""
+        if isinstance(mask, PIL.Image.Image):
+            if mask.mode in ("RGB", "RGBA"):
+                mask = self.mask_from_colors(mask)
+            elif mask.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
+                mask = np.asarray(mask).astype(np.int64)
+            else:
+                raise ValueError(f"`mask` PIL images must be label ids (mode L, P, I, I;16) or RGB; got {mask.mode}.")
+        if isinstance(mask, np.ndarray):
+            if mask.ndim == 3 and mask.shape[-1] in (3, 4) and mask.dtype == np.uint8:
+                mask = self.mask_from_colors(mask)
+            if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
+                raise ValueError(f"`mask` must be an integer label map; got dtype {mask.dtype}.")
+            mask = torch.from_numpy(mask.astype(np.int64))
+        if not isinstance(mask, torch.Tensor):
+            raise ValueError(f"`mask` must be a PIL image, numpy array or torch tensor; got {type(mask).__name__}.")
+        if mask.is_floating_point():
+            raise ValueError(f"`mask` must be an integer label map; got dtype {mask.dtype}.")
+        if mask.ndim == 3 and mask.shape[0] == 1:
+            mask = mask[0]
+        if mask.ndim != 2 or mask.numel() == 0:
+            raise ValueError(f"`mask` must be a non-empty (H, W) label map; got shape {tuple(mask.shape)}.")
+        mask = mask.long().cpu()
+        valid = (mask >= 0) & (mask < self.num_classes)
+        if self.config.ignore_index is not None:
+            valid |= mask == self.config.ignore_index
+        if not bool(valid.all()):
+            bad = mask[~valid].unique().tolist()[:10]
+            raise ValueError(
+                f"`mask` has unknown class ids {bad}: expected 0..{self.num_classes - 1}"
+                + (f" or the ignore index {self.config.ignore_index}." if self.config.ignore_index is not None else ".")
+            )
+        return mask
+
+    def check_inputs(
+        self,
+        num_inference_steps: int,
+        processing_resolution: Optional[int],
+        batch_size: int,
+        output_type: str,
+        perturbation: Optional[float] = None,
+        num_images_per_mask: int = 1,
+    ) -> None:
+        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be a positive integer; got {num_inference_steps!r}.")
+        if processing_resolution is not None and (
+            not isinstance(processing_resolution, int) or processing_resolution < 0
+        ):
+            raise ValueError(f"`processing_resolution` must be a non-negative integer (0 = native); "
+                             f"got {processing_resolution!r}.")
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}; got {output_type!r}.")
+        if not isinstance(num_images_per_mask, int) or num_images_per_mask < 1:
+            raise ValueError(f"`num_images_per_mask` must be a positive integer; got {num_images_per_mask!r}.")
+        if perturbation is not None:
+            if not isinstance(perturbation, (int, float)) or perturbation < 0:
+                raise ValueError(f"`perturbation` must be a non-negative number; got {perturbation!r}.")
+            self.codec.check_perturbation(float(perturbation))
+
+    # ------------------------------------------------------------------------------------------ segmentation
+    @torch.inference_mode()
+    def segment(
+        self,
+        image: ImageInput,
+        num_inference_steps: Optional[int] = None,
+        processing_resolution: Optional[int] = None,
+        match_input_resolution: bool = True,
+        batch_size: int = 1,
+        output_type: str = "np",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable] = None,
+    ) -> Union[SemFlowSegmentationOutput, tuple]:
+        """Segments images: forward ODE from the image (t=0) to the anchor mask (t=1), then nearest anchor.
+
+        Args:
+            image: a PIL image, ``(H, W[, C])`` uint8/uint16/float array, ``([C,] H, W)`` tensor in [0, 1],
+                a 4-D batch of those, or a list (sizes may differ). RGBA loses alpha, grayscale is replicated.
+            num_inference_steps: Euler steps (1 works; default from the config).
+            processing_resolution: longest edge the model works at (0 = native; default from the config).
+            match_input_resolution: read labels back at the input's size (class channels upsampled
+                bilinearly before the nearest-anchor search) instead of at the processing size.
+            batch_size: images per network call.
+            output_type: ``"np"`` or ``"pt"`` for labels/confidence (``"pil"`` gives colour label maps).
+        """
+        steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        self.check_inputs(steps, processing_resolution, batch_size, output_type)
+        images = [self._to_image_tensor(im) for im in self._as_list(image, "image")]
+        device = self.device
+
+        labels, confidence, anchors = [None] * len(images), [None] * len(images), [None] * len(images)
+        for group in self._batches(images, processing_resolution, batch_size):
+            size = self.processing_size(*images[group[0]].shape[1:], processing_resolution)
+            x = torch.stack([F.interpolate(images[i][None], size=size, mode="bilinear", antialias=True,
+                                           align_corners=False)[0] for i in group]).to(device) * 2 - 1
+            state = self.integrate(self.image_to_state(x), steps, "segment", callback_on_step_end)
+            pred = self.state_to_mask(state)[:, self.codec.class_channels]  # (n, C_cls, h, w)
+            for j, i in enumerate(group):
+                p = pred[j : j + 1]
+                if match_input_resolution and tuple(p.shape[2:]) != tuple(images[i].shape[1:]):
+                    p = F.interpolate(p, size=images[i].shape[1:], mode="bilinear", align_corners=False)
+                lab, conf = self.codec.decode(p)  # class channels only: no full-resolution C-channel state
+                labels[i], confidence[i], anchors[i] = lab[0].cpu(), conf[0].cpu(), pred[j].float().cpu()
+
+        self.maybe_free_model_hooks()
+        if output_type == "pil":
+            labels_out, conf_out = self.visualize_labels(labels), [PIL.Image.fromarray(
+                (c.numpy() * 255).astype(np.uint8)) for c in confidence]
+        else:
+            labels_out, conf_out = _stack(labels, output_type), _stack(confidence, output_type)
+        anchors_out = _stack(anchors, "np")
+        if not return_dict:
+            return labels_out, conf_out, anchors_out
+        return SemFlowSegmentationOutput(labels=labels_out, confidence=conf_out, anchor_images=anchors_out)
+
+    def _batches(self, images: list, processing_resolution, batch_size: int) -> list[list[int]]:
+        """Groups consecutive images with the same processing size into batches of at most ``batch_size``."""
+        groups: list[list[int]] = []
+        last = None
+        for i, im in enumerate(images):
+            size = self.processing_size(*im.shape[1:], processing_resolution)
+            if groups and size == last and len(groups[-1]) < batch_size:
+                groups[-1].append(i)
+            else:
+                groups.append([i])
+            last = size
+        return groups
+
+    # ------------------------------------------------------------------------------------------- synthesis
+    @torch.inference_mode()
+    def synthesize(
+        self,
+        mask: Any,
+        num_inference_steps: Optional[int] = None,
+        perturbation: float = 0.05,
+        num_images_per_mask: int = 1,
+        generator: Optional[torch.Generator] = None,
+        processing_resolution: Optional[int] = None,
+        match_input_resolution: bool = True,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable] = None,
+    ) -> Union[SemFlowSynthesisOutput, tuple]:
+        """Synthesizes images from masks: backward ODE from the finitely perturbed anchor mask (t=1) to t=0.
+
+        Args:
+            mask: an integer label map (``(H, W)`` array/tensor, or a single-channel PIL image such as a label-id
+                PNG), a colour-coded RGB PIL image in the display colours, or a list of those.
+            perturbation: β of the finite perturbation ``U(-β, β)`` added to the anchor image; it must stay below
+                ``pipe.codec.max_perturbation`` so that no pixel changes class. Larger β -> more variety.
+            num_images_per_mask: samples per mask (each with its own perturbation).
+            generator: seeds the perturbation (the ODE itself is deterministic).
+            output_type: ``"pil"``, ``"np"`` (``(N, H, W, 3)`` in [0, 1]) or ``"pt"`` (``(N, 3, H, W)``).
+        """
+        steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        self.check_inputs(steps, processing_resolution, 1, output_type, perturbation, num_images_per_mask)
+        masks = [self._to_label_map(m) for m in self._as_list(mask, "mask")]
+        device = self.device
+
+        images = []
+        for m in masks:
+            size = self.processing_size(*m.shape, processing_resolution)
+            anchor = self.codec.encode(m[None].to(device))
+            if tuple(anchor.shape[-2:]) != tuple(size):  # (area resize to the same size is the identity)
+                anchor = F.interpolate(anchor, size=size, mode="area")
+            anchor = anchor.repeat(num_images_per_mask, 1, 1, 1)
+            start = self.mask_to_state(self.codec.perturb(anchor, float(perturbation), generator))
+            x = self.state_to_image(self.integrate(start, steps, "synthesize", callback_on_step_end))
+            if match_input_resolution and tuple(x.shape[-2:]) != tuple(m.shape):
+                x = F.interpolate(x, size=m.shape, mode="bilinear", align_corners=False)
+            images.append(((x.clamp(-1, 1) + 1) / 2).cpu())  # [0, 1]
+
+        self.maybe_free_model_hooks()
+        if output_type == "pil":
+            out = [PIL.Image.fromarray(a) for b in images for a in
+                   (b.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)]
+        elif all(b.shape[-2:] == images[0].shape[-2:] for b in images):
+            out = torch.cat(images)
+            out = out.permute(0, 2, 3, 1).numpy() if output_type == "np" else out
+        else:
+            out = [a.permute(1, 2, 0).numpy() if output_type == "np" else a for b in images for a in b]
+        if not return_dict:
+            return (out,)
+        return SemFlowSynthesisOutput(images=out)
+
+    def __call__(self, image: Optional[ImageInput] = None, mask: Any = None, **kwargs):
+        """``pipe(image=...)`` segments, ``pipe(mask=...)`` synthesizes; give exactly one."""
+        if (image is None) == (mask is None):
+            raise ValueError("Pass exactly one of `image` (to segment) or `mask` (to synthesize).")
+        return self.segment(image, **kwargs) if image is not None else self.synthesize(mask, **kwargs)
+
+    # --------------------------------------------------------------------------------------- visualisation
+    def colorize(self, labels: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
+        """Label map ``(H, W)`` -> display colours ``(H, W, 3)`` uint8 (ignore/unknown ids in the ignore colour)."""
+        labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
+        table = np.concatenate([self.label_colors, self.ignore_color[None]])
+        index = np.where((labels >= 0) & (labels < self.num_classes), labels, self.num_classes)
+        return table[index]
+
+    def visualize_labels(self, labels: Any) -> list[PIL.Image.Image]:
+        """Label maps (``(N, H, W)`` array/tensor or a list of ``(H, W)``) -> colour PIL images."""
+        if isinstance(labels, (np.ndarray, torch.Tensor)) and labels.ndim == 2:
+            labels = [labels]
+        return [PIL.Image.fromarray(self.colorize(lab).astype(np.uint8)) for lab in labels]
+
+    def overlay(self, image: Any, labels: Any, alpha: float = 0.5) -> PIL.Image.Image:
+        """Blends the colour label map over ``image`` (any input ``segment`` takes), ``alpha`` = label opacity."""
+        base = (self._to_image_tensor(image).permute(1, 2, 0).numpy() * 255).astype(np.float32)
+        colors = self.colorize(labels).astype(np.float32)
+        if colors.shape[:2] != base.shape[:2]:
+            raise ValueError(f"`labels` size {colors.shape[:2]} differs from the image's {base.shape[:2]}.")
+        return PIL.Image.fromarray(((1 - alpha) * base + alpha * colors).round().astype(np.uint8))
+
+    # -------------------------------------------------------------------------------------------- Hub layout
+    def save_pretrained(self, save_directory: Union[str, os.PathLike], **kwargs):
+        """Saves in Hub layout, loadable without this package via
+        ``DiffusionPipeline.from_pretrained(dir, trust_remote_code=True)``: the pipeline's code files sit at the
+        root, the scheduler's in ``scheduler/``, and ``model_index.json`` names those files."""
+        kwargs.setdefault("safe_serialization", True)
+        super().save_pretrained(save_directory, **kwargs)
+        write_remote_code(save_directory)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: Union[str, os.PathLike], **kwargs):
+        """Loads a saved SemFlow pipeline from a local folder or a Hub repo id with this package's classes.
+
+        ``model_index.json`` names the pipeline's own code files (for ``trust_remote_code`` loading without this
+        package), which would make ``DiffusionPipeline.from_pretrained`` load those copies instead of this
+        class; so we read the index and load each component with its library's ``from_pretrained``.
+
+        Args:
+            kwargs: components to use instead of the saved ones (e.g. ``scheduler=...``), ``torch_dtype``, and
+                Hub arguments (``revision``, ``cache_dir``, ``local_files_only``, ``token``).
+        """
+        hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
+        torch_dtype = kwargs.pop("torch_dtype", None)
+        folder = str(pretrained_model_name_or_path)
+        if not os.path.isdir(folder):
+            from huggingface_hub import snapshot_download
+
+            folder = snapshot_download(folder, **hub)
+        index = cls.load_config(folder)
+        expected, optional = cls._get_signature_keys(cls)
+        init = {k: v for k, v in index.items() if k in optional and k not in cls._optional_components}
+        for name in set(expected) | set(cls._optional_components):
+            if name in kwargs:
+                init[name] = kwargs.pop(name)
+                continue
+            library, class_name = index.get(name, (None, None))
+            if library is None:
+                init[name] = None
+            elif name == "scheduler":
+                init[name] = SemFlowScheduler.from_pretrained(folder, subfolder="scheduler")
+            else:
+                component_cls = getattr(importlib.import_module(library), class_name)
+                is_model = issubclass(component_cls, torch.nn.Module)
+                extra = {"torch_dtype": torch_dtype} if torch_dtype is not None and is_model else {}
+                init[name] = component_cls.from_pretrained(folder, subfolder=name, **extra)
+        init.update(kwargs)
+        pipe = cls(**init)
+        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        return pipe
+
+
+REMOTE_CODE_FILES = {  # file in this package -> where a saved pipeline folder holds a copy
+    "pipeline_semflow.py": ["pipeline_semflow.py"],
+    "anchors.py": ["anchors.py"],
+    "scheduling_semflow.py": ["scheduling_semflow.py", "scheduler/scheduling_semflow.py"],
+}
+
+
+def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
+    """Copies this package's code into a saved pipeline folder and points ``model_index.json`` at it.
+
+    Also refreshes the code of an existing checkpoint folder after the package changed.
+    """
+    here = os.path.dirname(os.path.abspath(__file__))
+    for name, targets in REMOTE_CODE_FILES.items():
+        for target in targets:
+            shutil.copyfile(os.path.join(here, name), os.path.join(save_directory, target))
+    index_path = os.path.join(save_directory, "model_index.json")
+    with open(index_path, encoding="utf-8") as f:
+        index = json.load(f)
+    index["_class_name"] = ["pipeline_semflow", "SemFlowPipeline"]
+    index["scheduler"] = ["scheduling_semflow", "SemFlowScheduler"]
+    with open(index_path, "w", encoding="utf-8") as f:
+        json.dump(index, f, indent=2, sort_keys=True)
+        f.write("\n")
+
+
+def _pixel_unshuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``F.pixel_unshuffle`` as view + permute + one copy (bit-identical, ~3x faster on CPU)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c, h // r, r, w // r, r).permute(0, 1, 3, 5, 2, 4).reshape(n, c * r * r, h // r, w // r)
+
+
+def _pixel_shuffle(x: torch.Tensor, r: int) -> torch.Tensor:
+    """``F.pixel_shuffle`` as view + permute + one copy (bit-identical, ~2x faster on CPU)."""
+    n, c, h, w = x.shape
+    return x.reshape(n, c // (r * r), r, r, h, w).permute(0, 1, 4, 2, 5, 3).reshape(n, c // (r * r), h * r, w * r)
+
+
+def default_label_colors(num_classes: int) -> np.ndarray:
+    """Distinct display colours ``(K, 3)`` in [0, 1] (used when the config gives none)."""
+    hues = (np.arange(num_classes) * 0.618033988749895) % 1.0  # golden-ratio hue steps stay far apart
+    return np.array([colorsys.hsv_to_rgb(h, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * (i % 3 == 2))
+                     for i, h in enumerate(hues)])
+
+
+def _stack(items: list, output_type: str):
+    """Stacks per-image tensors when their sizes agree (else a list), as numpy or torch."""
+    if all(x.shape == items[0].shape for x in items):
+        out = torch.stack(items)
+        return out.numpy() if output_type == "np" else out
+    return [x.numpy() if output_type == "np" else x for x in items]

@@ -2,7 +2,7 @@
 
     semflow segment photo.png photos/ -o out/ [--model PATH_OR_REPO_ID] [--num-inference-steps 1]
     semflow synthesize masks/ -o out/ --num-samples 4 --seed 0 [--perturbation 0.05]
-    semflow push checkpoints/semflow-camvid user/semflow-camvid [--dry-run]
+    semflow push checkpoints/semflow-camvid user/semflow-camvid [--dry-run] [--private] [--revision B | --create-pr]
 
 Under ``accelerate launch`` the files are split across processes with accelerate's
 ``PartialState().split_between_processes``; every output depends only on its own input (and, for synthesis, on
@@ -12,7 +12,10 @@ the seed and the input's position in the full list), so the results do not depen
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -121,75 +124,279 @@ def run_synthesize(args) -> int:
     return for_each_file(args, "synthesize", work)
 
 
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".joblib")  # unpickling runs code
+SAFETENSORS_DTYPE_BYTES = {"BOOL": 1, "U8": 1, "I8": 1, "F8_E5M2": 1, "F8_E4M3": 1, "I16": 2, "U16": 2, "F16": 2,
+                           "BF16": 2, "I32": 4, "U32": 4, "F32": 4, "I64": 8, "U64": 8, "F64": 8}
+
+
 def repo_files(model_dir: Path) -> list[str]:
-    """The files of a saved pipeline that make a complete Hub repo (no caches, no hidden files)."""
-    files = sorted(
-        p.relative_to(model_dir).as_posix()
-        for p in model_dir.rglob("*")
-        if p.is_file() and not any(part.startswith(".") or part == "__pycache__" for part in p.relative_to(model_dir).parts)
-    )
+    """The files of a saved pipeline that make a complete Hub repo (no caches, no hidden files).
+
+    Refuses a folder with a symlink that leads out of it (its target would be uploaded) or a dangling one, a
+    missing required file, no ``.safetensors`` weights, or pickle-based weights.
+    """
+    root = model_dir.resolve()
+    files: list[str] = []
+    bad_links: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(model_dir):  # followlinks=False: never descends a linked folder
+        here = Path(dirpath)
+        rel_dir = here.relative_to(model_dir)
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for d in dirnames:
+            if (here / d).is_symlink():
+                bad_links.append(f"{(rel_dir / d).as_posix()} -> {os.readlink(here / d)} (a linked folder)")
+        for name in sorted(filenames):
+            if name.startswith("."):
+                continue
+            path, rel = here / name, (rel_dir / name).as_posix()
+            if path.is_symlink():
+                target = path.resolve()
+                if not target.is_file():
+                    bad_links.append(f"{rel} -> {os.readlink(path)} (dangling)")
+                    continue
+                if not target.is_relative_to(root):
+                    bad_links.append(f"{rel} -> {os.readlink(path)} (outside the folder)")
+                    continue
+            files.append(rel)
+    if bad_links:
+        raise SystemExit(f"semflow: {model_dir} has symlinks that cannot be uploaded safely; replace them with the "
+                         "files themselves:\n  " + "\n  ".join(bad_links))
+    files.sort()
     missing = [f for f in REQUIRED_REPO_FILES if f not in files]
     if missing:
         raise SystemExit(f"semflow: {model_dir} is not a saved SemFlow pipeline; missing {missing}")
     if not any(f.endswith(".safetensors") for f in files):
         raise SystemExit(f"semflow: {model_dir} has no .safetensors weights")
-    if any(f.endswith((".bin", ".pt", ".pth", ".ckpt", ".pkl")) for f in files):
-        raise SystemExit(f"semflow: {model_dir} holds pickle weights; save with safetensors only")
+    pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+    if pickles:
+        raise SystemExit(f"semflow: {model_dir} holds pickle-based files {pickles} (loading them can run code); "
+                         "save the weights with safetensors only and remove these files")
     return files
+
+
+def safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (header, offsets and size checked), or None."""
+    size = path.stat().st_size
+    if size < 8:
+        return f"{size} bytes, too short for a safetensors file"
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        if n > min(size - 8, 100 * 2**20):
+            return f"header length {n} does not fit the file ({size} bytes): truncated or not safetensors"
+        try:
+            header = json.loads(f.read(n))
+        except (UnicodeDecodeError, ValueError) as e:
+            return f"unreadable header ({e})"
+    if not isinstance(header, dict):
+        return "the header is not a JSON object"
+    data, end = size - 8 - n, 0
+    for name, t in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            begin, stop = (int(x) for x in t["data_offsets"])
+            shape, dtype = [int(x) for x in t["shape"]], t["dtype"]
+        except (KeyError, TypeError, ValueError):
+            return f"tensor {name!r} has a malformed header entry"
+        if not 0 <= begin <= stop:
+            return f"tensor {name!r} has bad offsets {[begin, stop]}"
+        if stop > data:
+            return f"truncated: tensor {name!r} ends at byte {stop} of the data, but the file holds {data}"
+        if dtype in SAFETENSORS_DTYPE_BYTES and stop - begin != math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]:
+            return f"tensor {name!r} ({dtype} {shape}) does not match its {stop - begin} bytes"
+        end = max(end, stop)
+    if end != data:
+        return f"the data section holds {data} bytes but the tensors cover {end}"
+    return None
+
+
+def check_loads(model_dir: Path, files: list[str]) -> None:
+    """Loads exactly ``files`` (copied to a scratch folder, as the Hub repo will hold them) both ways users load a
+    Hub repo: ``SemFlowPipeline.from_pretrained`` and ``DiffusionPipeline.from_pretrained`` with trust_remote_code.
+    """
+    import tempfile
+
+    from diffusers import DiffusionPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    from semflow_pipeline import SemFlowPipeline
+
+    bars = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        with tempfile.TemporaryDirectory(prefix="semflow-push-") as tmp:
+            for f in files:
+                (Path(tmp) / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(model_dir / f, Path(tmp) / f)
+            for name, load in (("SemFlowPipeline.from_pretrained", lambda: SemFlowPipeline.from_pretrained(tmp)),
+                               ("DiffusionPipeline.from_pretrained(..., trust_remote_code=True)",
+                                lambda: DiffusionPipeline.from_pretrained(tmp, trust_remote_code=True))):
+                try:
+                    load()
+                except Exception as e:  # noqa: BLE001 - any failure means the uploaded repo would not load
+                    raise SystemExit(f"semflow: {model_dir} does not load with {name}: {type(e).__name__}: {e}")
+    finally:
+        if bars:
+            diffusers_logging.enable_progress_bar()
+
+
+def validate_push_folder(model_dir: Path, repo_id: str) -> list[str]:
+    """Every check of ``semflow push`` (with or without --dry-run); returns the files to upload."""
+    if not model_dir.is_dir():
+        raise SystemExit(f"semflow: no such folder: {model_dir}")
+    files = repo_files(model_dir)
+    broken = [f"{f}: {why}" for f in files if f.endswith(".safetensors")
+              for why in [safetensors_problem(model_dir / f)] if why]
+    if broken:
+        raise SystemExit("semflow: corrupt safetensors weights:\n  " + "\n  ".join(broken))
+    check_loads(model_dir, files)
+    if "README.md" not in files:
+        print("semflow: warning: no README.md model card in the folder", file=sys.stderr)
+    elif repo_id not in (model_dir / "README.md").read_text(encoding="utf-8", errors="replace"):
+        print(f"semflow: warning: the model card's usage code does not load {repo_id!r}; regenerate the card with "
+              f"`python training/model_card.py RUN_DIR {model_dir} --repo-id {repo_id}`", file=sys.stderr)
+    return files
+
+
+def _hub_error(e: Exception) -> str:
+    """A one-paragraph reason for a failed Hub call, with what to do for the usual causes."""
+    status = getattr(getattr(e, "response", None), "status_code", None)
+    text = " ".join(str(e).split())
+    text = text if len(text) <= 400 else text[:400] + "..."
+    hint = {401: "the token is missing or invalid: run `hf auth login` or set HF_TOKEN",
+            403: "the token cannot write there: use a write token, and check the user or organisation name",
+            404: "the repo or revision was not found (check the repo id and --revision)"}.get(status)
+    if type(e).__name__ == "OfflineModeIsEnabled" or "offline mode" in text.lower():
+        hint = "HF_HUB_OFFLINE is set: unset it to push"
+    return f"{type(e).__name__}: {text}" + (f" ({hint})" if hint else "")
 
 
 def run_push(args) -> int:
     model_dir = Path(args.model_dir)
-    if not model_dir.is_dir():
-        raise SystemExit(f"semflow: no such folder: {model_dir}")
-    files = repo_files(model_dir)
-    if "README.md" not in files:
-        print("semflow: warning: no README.md model card in the folder", file=sys.stderr)
+    if args.create_pr and args.revision not in (None, "main"):
+        raise SystemExit("semflow: --create-pr opens a pull request against main; leave out --revision "
+                         "(to add a commit to an open pull request, use --revision refs/pr/N without --create-pr)")
+    files = validate_push_folder(model_dir, args.repo_id)
+    where = (args.repo_id + (f" (branch {args.revision})" if args.revision else "")
+             + (" as a pull request" if args.create_pr else ""))
     if args.dry_run:
-        print(f"Would upload {len(files)} files from {model_dir} to {args.repo_id}:")
+        print(f"Would upload {len(files)} files from {model_dir} to {where}:")
         for f in files:
             print(f"  {f}")
+        print("semflow: checked: the files load as a SemFlow pipeline (also with trust_remote_code=True), every "
+              "safetensors header matches its file, no symlink leads out of the folder. "
+              + ("Remote files not listed here would be kept." if args.keep_remote_files else
+                 "Remote files not listed here would be deleted (--keep-remote-files keeps them)."), file=sys.stderr)
         return 0
-    from huggingface_hub import HfApi
+    from huggingface_hub import HfApi, get_token
 
-    api = HfApi(token=args.token)
-    api.create_repo(args.repo_id, private=args.private, exist_ok=True)
-    info = api.upload_folder(folder_path=str(model_dir), repo_id=args.repo_id, allow_patterns=files,
-                             commit_message=args.commit_message)
-    print(f"Uploaded {len(files)} files: {info}")
+    token = args.token
+    if token:
+        print("semflow: warning: --token is deprecated: a token on the command line lands in your shell history; "
+              "set HF_TOKEN or run `hf auth login` instead", file=sys.stderr)
+    else:
+        try:
+            token = get_token()
+        except Exception as e:  # noqa: BLE001 - e.g. a failed OIDC exchange
+            print(f"semflow: push to {args.repo_id} failed: {_hub_error(e)}", file=sys.stderr)
+            return 1
+        if not token:
+            print("semflow: not logged in to the Hugging Face Hub: run `hf auth login` or set HF_TOKEN to a write "
+                  "token", file=sys.stderr)
+            return 1
+    api = HfApi(token=token)
+    step = "create the repo"
+    try:
+        api.create_repo(args.repo_id, private=args.private, exist_ok=True)
+        if args.private:  # create_repo leaves an existing repo's visibility as it is
+            step = "make the repo private"
+            update = getattr(api, "update_repo_settings", None) or api.update_repo_visibility
+            update(args.repo_id, private=True)
+            print(f"semflow: {args.repo_id} is private", file=sys.stderr)
+        if args.revision and not args.revision.startswith("refs/"):
+            step = f"create the branch {args.revision}"
+            api.create_branch(args.repo_id, branch=args.revision, exist_ok=True)
+        step = "upload"
+        info = api.upload_folder(
+            folder_path=str(model_dir), repo_id=args.repo_id, allow_patterns=files,
+            delete_patterns=None if args.keep_remote_files else "*",  # stale files; .gitattributes is always kept
+            commit_message=args.commit_message, revision=args.revision, create_pr=args.create_pr or None,
+        )
+    except KeyboardInterrupt:
+        raise
+    except Exception as e:  # noqa: BLE001 - a clean message and exit code instead of a traceback
+        print(f"semflow: push to {args.repo_id} failed ({step}): {_hub_error(e)}", file=sys.stderr)
+        return 1
+    url = getattr(info, "pr_url", None) or getattr(info, "commit_url", None) or info
+    print(f"Uploaded {len(files)} files to {where}: {url}")
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="semflow", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default to its help, except flags and options whose default means "not set"."""
 
-    seg = sub.add_parser("segment", help="segment images (files or folders) into label-id and colour PNGs")
-    seg.add_argument("inputs", nargs="+")
-    seg.add_argument("-o", "--output-dir", required=True)
-    seg.add_argument("--model", default=default_model(), help="pipeline folder or Hub repo id (env SEMFLOW_MODEL)")
-    seg.add_argument("--num-inference-steps", type=int, default=None)
-    seg.add_argument("--processing-resolution", type=int, default=None)
-    seg.add_argument("--save-confidence", action="store_true")
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False:
+            return action.help
+        return super()._get_help_string(action)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="semflow", description=__doc__.split("\n\n")[0],
+                                     epilog="Run `semflow COMMAND --help` for the options of each command.",
+                                     formatter_class=_HelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
+    model_help = "pipeline folder or Hub repo id (env SEMFLOW_MODEL overrides the default)"
+    steps_help = "Euler steps of the ODE (default: the model's default_num_inference_steps)"
+
+    seg = sub.add_parser("segment", help="segment images (files or folders) into label-id and colour PNGs",
+                         description="Segment photos: writes OUT/<name>_labels.png (class ids) and "
+                                     "OUT/<name>_color.png (display colours) for every input image.",
+                         formatter_class=_HelpFormatter)
+    seg.add_argument("inputs", nargs="+", help="image files, or folders (their image files, sorted)")
+    seg.add_argument("-o", "--output-dir", required=True, metavar="OUT",
+                     help="folder for the outputs (created if missing)")
+    seg.add_argument("--model", default=default_model(), help=model_help)
+    seg.add_argument("--num-inference-steps", type=int, default=None, help=steps_help)
+    seg.add_argument("--processing-resolution", type=int, default=None,
+                     help="longest side the model sees, in pixels (default: the model's default_processing_resolution)")
+    seg.add_argument("--save-confidence", action="store_true", help="also write OUT/<name>_confidence.png (0-255)")
     seg.set_defaults(func=run_segment)
 
-    syn = sub.add_parser("synthesize", help="synthesize images from label-id or colour-coded masks")
-    syn.add_argument("inputs", nargs="+")
-    syn.add_argument("-o", "--output-dir", required=True)
-    syn.add_argument("--model", default=default_model(), help="pipeline folder or Hub repo id (env SEMFLOW_MODEL)")
-    syn.add_argument("--num-samples", type=int, default=1)
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--perturbation", type=float, default=0.05)
-    syn.add_argument("--num-inference-steps", type=int, default=None)
+    syn = sub.add_parser("synthesize", help="synthesize images from label-id or colour-coded masks",
+                         description="Synthesize photos from masks (label-id PNGs or colour-coded images): writes "
+                                     "OUT/<name>_sample<k>.png.", formatter_class=_HelpFormatter)
+    syn.add_argument("inputs", nargs="+", help="mask files, or folders (their image files, sorted)")
+    syn.add_argument("-o", "--output-dir", required=True, metavar="OUT",
+                     help="folder for the outputs (created if missing)")
+    syn.add_argument("--model", default=default_model(), help=model_help)
+    syn.add_argument("--num-samples", type=int, default=1, help="images per mask")
+    syn.add_argument("--seed", type=int, default=0, help="random seed; the i-th mask uses SEED + i")
+    syn.add_argument("--perturbation", type=float, default=0.05,
+                     help="strength of the random perturbation of the mask (more varied, less faithful images)")
+    syn.add_argument("--num-inference-steps", type=int, default=None, help=steps_help)
     syn.set_defaults(func=run_synthesize)
 
-    push = sub.add_parser("push", help="upload a saved pipeline (weights, code, model card) to the Hub")
-    push.add_argument("model_dir")
-    push.add_argument("repo_id")
-    push.add_argument("--dry-run", action="store_true", help="list what would be uploaded and stop")
-    push.add_argument("--private", action="store_true")
-    push.add_argument("--token", default=None)
-    push.add_argument("--commit-message", default="Upload SemFlow pipeline")
+    push = sub.add_parser(
+        "push", help="upload a saved pipeline (weights, code, model card) to the Hub",
+        description="Check a saved pipeline folder and upload it to a Hugging Face Hub model repo. The folder must "
+                    "load (SemFlowPipeline and trust_remote_code), hold safetensors weights only, with intact "
+                    "headers, and no symlink out of it. Log in first with `hf auth login`, or set HF_TOKEN.",
+        formatter_class=_HelpFormatter)
+    push.add_argument("model_dir", help="the saved pipeline folder, e.g. checkpoints/semflow-camvid")
+    push.add_argument("repo_id", help="the Hub model repo, USER_OR_ORG/NAME (created if missing)")
+    push.add_argument("--dry-run", action="store_true", help="run every check, list what would be uploaded, and stop")
+    push.add_argument("--private", action="store_true",
+                      help="make the repo private, also when it exists already (otherwise its visibility is kept)")
+    push.add_argument("--revision", default=None,
+                      help="branch to commit to, created from main if missing (default: main)")
+    push.add_argument("--create-pr", action="store_true", help="open a pull request against main instead of committing")
+    push.add_argument("--keep-remote-files", action="store_true",
+                      help="keep files on the Hub that are not in the folder (by default stale files are deleted)")
+    push.add_argument("--commit-message", default="Upload SemFlow pipeline", help="the commit's message")
+    push.add_argument("--token", default=None,
+                      help="deprecated (it lands in the shell history): set HF_TOKEN or run `hf auth login` "
+                           "(default: HF_TOKEN, else the token saved by `hf auth login`)")
     push.set_defaults(func=run_push)
     return parser
 

@@ -10,6 +10,9 @@ import pytest  # noqa: E402
 
 from semflow_tiny import CAMVID_CLASSES, tiny_latent_pipeline, tiny_pixel_pipeline  # noqa: E402,F401
 
+# Browser tests: skipped with the reason when Chromium is missing, failed instead under SEMFLOW_REQUIRE_BROWSER=1.
+from browser_gate import pytest_configure, pytest_runtest_setup, pytest_terminal_summary  # noqa: E402,F401
+
 
 @pytest.fixture
 def pixel_pipe():

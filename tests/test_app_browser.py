@@ -1,7 +1,8 @@
 """The Space in a real browser: Debian's Chromium driven by Playwright, clicking through the tabs.
 
 Chromium comes from the system (``apt-get install chromium``), not from Playwright's own download, which
-cannot work on a closed network. If it cannot start, these tests FAIL (never skip) with the reason.
+cannot work on a closed network. Without it they are skipped with the reason, or FAIL under
+``SEMFLOW_REQUIRE_BROWSER=1`` as in ``.ci/run`` (``browser_gate.py``); if it cannot start, they FAIL with the reason.
 Screenshots go to ``outputs/app-screenshots/`` (git-ignored), or to ``$SEMFLOW_SCREENSHOTS``.
 """
 

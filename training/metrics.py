@@ -47,7 +47,7 @@ class ConfusionMatrix:
 
 def markdown_table(rows: List[Dict], class_names: Sequence[str]) -> str:
     """rows: dicts with 'name', 'iou' (K,), 'miou', optional 'sec_per_image' -> markdown table."""
-    short = [n[:10] for n in class_names]
+    short = list(class_names)  # full names: a header such as "sign_symbo" reads as a typo
     head = "| model | " + " | ".join(short) + " | **mIoU** | pixel acc | s/image |"
     sep = "|" + "---|" * (len(short) + 4)
     lines = [head, sep]

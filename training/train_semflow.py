@@ -63,7 +63,7 @@ DEFAULTS: Dict[str, Any] = {
     "stop_at_step": None,  # save a checkpoint and exit there (time-sliced jobs; tests)
     "log_every": 10, "val_every": 400, "val_num_inference_steps": 1, "tensorboard": True,
     "default_num_inference_steps": 1, "processing_resolution": None, "eval_num_inference_steps": [1, 2, 5], "final_eval": True,
-    "license": "mit", "hub_model_id": None,
+    "license": "apache-2.0", "hub_model_id": None,
 }
 
 

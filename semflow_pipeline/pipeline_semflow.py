@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import colorsys
 import contextvars
+import functools
 import importlib
 import inspect
 import json
@@ -47,6 +48,35 @@ OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 # Set while `SemFlowPipeline.from_pretrained` runs diffusers' loader: see `SemFlowPipeline.load_config`.
 _LOADING_WITH_PACKAGE_CLASSES = contextvars.ContextVar("semflow_loading_with_package_classes", default=False)
+
+
+def _grad_free(method: Callable) -> Callable:
+    """Runs ``method`` under ``torch.inference_mode()``, or ``torch.no_grad()`` when accelerate's weight-moving hooks
+    are attached (``enable_sequential_cpu_offload``, ``device_map`` dispatch): those hooks re-create parameters,
+    which inference mode forbids."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.no_grad() if _has_align_devices_hooks(self) else torch.inference_mode():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _has_align_devices_hooks(pipe) -> bool:
+    try:
+        from accelerate.hooks import AlignDevicesHook, SequentialHook
+    except ImportError:
+        return False
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            hook = getattr(module, "_hf_hook", None)
+            hooks = hook.hooks if isinstance(hook, SequentialHook) else [hook]
+            if any(isinstance(h, AlignDevicesHook) for h in hooks):
+                return True
+    return False
 
 
 @dataclass
@@ -170,6 +200,24 @@ class SemFlowPipeline(DiffusionPipeline):
             raise ValueError(f"`label_colors` has no colour for class ids {missing}.")
         self.label_colors = np.array([label_colors[str(i)] for i in range(num_classes)], dtype=np.uint8)  # (K, 3)
         self.ignore_color = np.array(label_colors.get(str(ignore_index), [0, 0, 0]), dtype=np.uint8)
+
+    def enable_sequential_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[torch.device, str] = None):
+        """diffusers' ``enable_sequential_cpu_offload``; with ``device="cpu"`` (offload on a machine without an
+        accelerator, e.g. to bound memory) the hooks run on ``cpu`` rather than diffusers' ``cpu:0``, which
+        accelerate's weight-moving hooks cannot handle (``TypeError: new() received an invalid combination``)."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        try:
+            from accelerate.hooks import AlignDevicesHook
+        except ImportError:  # pragma: no cover - diffusers already required accelerate above
+            return
+        for component in self.components.values():
+            if isinstance(component, torch.nn.Module):
+                for module in component.modules():
+                    hook = getattr(module, "_hf_hook", None)
+                    device_of_hook = getattr(hook, "execution_device", None)
+                    if isinstance(hook, AlignDevicesHook) and device_of_hook is not None and \
+                            torch.device(device_of_hook).type == "cpu":
+                        hook.execution_device = torch.device("cpu")
 
     # --------------------------------------------------------------------------------------------- properties
     @property
@@ -507,7 +555,7 @@ class SemFlowPipeline(DiffusionPipeline):
                                  f"got {unknown}.")
 
     # ------------------------------------------------------------------------------------------ segmentation
-    @torch.inference_mode()
+    @_grad_free
     def segment(
         self,
         image: ImageInput,
@@ -594,7 +642,7 @@ class SemFlowPipeline(DiffusionPipeline):
         return groups
 
     # ------------------------------------------------------------------------------------------- synthesis
-    @torch.inference_mode()
+    @_grad_free
     def synthesize(
         self,
         mask: Any,

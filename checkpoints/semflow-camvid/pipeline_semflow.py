@@ -51,9 +51,9 @@ _LOADING_WITH_PACKAGE_CLASSES = contextvars.ContextVar("semflow_loading_with_pac
 
 
 def _grad_free(method: Callable) -> Callable:
-    """Runs ``method`` under ``torch.inference_mode()``, or ``torch.no_grad()`` when accelerate's weight-moving hooks
-    are attached (``enable_sequential_cpu_offload``, ``device_map`` dispatch): those hooks re-create parameters,
-    which inference mode forbids."""
+    """Runs ``method`` under ``torch.inference_mode()``, or under ``torch.no_grad()`` (what diffusers' own pipelines
+    use) when accelerate's weight-moving hooks are attached (``enable_sequential_cpu_offload``, ``device_map``
+    dispatch): those hooks re-create parameters on every call, which is only safe outside inference mode."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):

@@ -29,12 +29,40 @@ All anchor values are in [-1, 1]. The ignore label maps to white (RGB palettes, 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 PALETTES = ("paper", "max_spread", "simplex")
 COUPLINGS = ("paper", "gaussian")
+Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+def check_generator(generator: Generators, count: Optional[int] = None) -> None:
+    """Refuses anything but ``None``, a ``torch.Generator`` or a list of them (one per image: ``count``)."""
+    hint = ("`generator` must be a torch.Generator or a list of them (one per image), as in diffusers; to seed, "
+            "pass torch.Generator().manual_seed(seed) (or semflow_pipeline.make_generator(seed))")
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)):
+        bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+        if bad:
+            raise ValueError(f"{hint}; the list holds {bad[0]}.")
+        if count is not None and len(generator) != count:
+            raise ValueError(f"Got a list of {len(generator)} generators for {count} images: pass one per image, "
+                             "or a single generator.")
+        return
+    raise ValueError(f"{hint}; got {type(generator).__name__} {generator!r}.")
+
+
+def _draw(sample: Callable, shape: tuple, generator: Generators) -> torch.Tensor:
+    """``sample(shape)`` in float32 on the generator's device (CPU without one); with a list, row ``i`` of the
+    batch comes from ``generator[i]``."""
+    if isinstance(generator, (list, tuple)):
+        check_generator(generator, shape[0])
+        return torch.cat([_draw(sample, (1, *shape[1:]), g).cpu() for g in generator])
+    device = generator.device if generator is not None else "cpu"
+    return sample(shape, generator=generator, device=device, dtype=torch.float32)
 
 
 def paper_palette(num_classes: int, levels: int = 6, step: int = 50) -> torch.Tensor:
@@ -197,12 +225,15 @@ class AnchorCodec:
         confidence = ((d2 - d1) / self.min_distance).clamp(0.0, 1.0)
         return labels, confidence
 
-    def perturb(
-        self, anchor_images: torch.Tensor, perturbation: float, generator: Optional[torch.Generator] = None
-    ) -> torch.Tensor:
-        """Finite perturbation: ``anchor + U(-β, β)`` per channel, β = ``perturbation`` (checked against the palette)."""
+    def perturb(self, anchor_images: torch.Tensor, perturbation: float, generator: Generators = None) -> torch.Tensor:
+        """Finite perturbation: ``anchor + U(-β, β)`` per channel, β = ``perturbation`` (checked against the palette).
+
+        ``generator``: one ``torch.Generator`` for the whole batch, or a list with one per image (image ``i``'s noise
+        is then what a batch of one would draw from ``generator[i]``). Noise is drawn on the generator's device.
+        """
         self.check_perturbation(perturbation)
-        noise = torch.rand(anchor_images.shape, generator=generator, device="cpu", dtype=torch.float32)
+        check_generator(generator, anchor_images.shape[0] if isinstance(generator, (list, tuple)) else None)
+        noise = _draw(torch.rand, tuple(anchor_images.shape), generator)
         noise = (2 * noise - 1).to(anchor_images.device, anchor_images.dtype)
         return anchor_images + perturbation * noise
 
@@ -210,24 +241,25 @@ class AnchorCodec:
         self,
         anchor_images: torch.Tensor,
         perturbation: float,
-        generator: Optional[torch.Generator] = None,
+        generator: Generators = None,
         noise_prob: float = 1.0,
     ) -> torch.Tensor:
         """The ODE's t=1 state for anchor images ``(N, C, H, W)``: the finite perturbation, and with the
-        ``"gaussian"`` coupling ``N(0, I)`` noise in the image channels 0-2. Both are drawn from ``generator``.
+        ``"gaussian"`` coupling ``N(0, I)`` noise in the image channels 0-2. Both are drawn from ``generator`` (one
+        for the batch, or a list with one per image), the perturbation first.
 
         ``noise_prob`` < 1 (training only) gives each sample the noise with that probability and zeros (the
         paper's end) otherwise: a mixture coupling whose zero branch is exactly the path that segmentation
         integrates (image channels fading linearly to 0), so more segmentation steps stay in distribution,
         while synthesis starts from the Gaussian branch.
         """
+        check_generator(generator, anchor_images.shape[0] if isinstance(generator, (list, tuple)) else None)
         state = self.perturb(anchor_images, perturbation, generator) if perturbation > 0 else anchor_images.clone()
         if self.coupling == "gaussian":
             n, _, h, w = anchor_images.shape
-            noise = torch.randn((n, 3, h, w), generator=generator, device="cpu", dtype=torch.float32)
+            noise = _draw(torch.randn, (n, 3, h, w), generator)
             if noise_prob < 1.0:
-                keep = torch.rand((n, 1, 1, 1), generator=generator, device="cpu") < noise_prob
-                noise = noise * keep
+                noise = noise * (_draw(torch.rand, (n, 1, 1, 1), generator) < noise_prob)
             state[:, :3] = noise.to(state.device, state.dtype)
         return state
 

@@ -13,8 +13,13 @@ Two state spaces:
 from __future__ import annotations
 
 import colorsys
+import contextvars
+import functools
 import importlib
+import inspect
 import json
+import math
+import numbers
 import os
 import shutil
 from dataclasses import dataclass
@@ -24,15 +29,54 @@ import numpy as np
 import PIL.Image
 import torch
 import torch.nn.functional as F
-from diffusers import DiffusionPipeline
+from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, UNet2DConditionModel, UNet2DModel
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
-from diffusers.utils import BaseOutput
+from diffusers.utils import BaseOutput, logging
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .anchors import AnchorCodec
-from .scheduling_semflow import SemFlowScheduler
+from .anchors import AnchorCodec, check_generator
+from .scheduling_semflow import SemFlowScheduler, as_positive_int
+
+logger = logging.get_logger(__name__)
+# Loading messages go where `DiffusionPipeline.from_pretrained`'s go, so diffusers' verbosity settings
+# (`diffusers.utils.logging.set_verbosity_info()`) and log captures see the whole load.
+load_logger = logging.get_logger("diffusers.pipelines.pipeline_utils")
 
 ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, list]
-OUTPUT_TYPES = ("np", "pt", "pil")
+OUTPUT_TYPES = ("np", "pt", "pil", "latent")
+SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
+# Set while `SemFlowPipeline.from_pretrained` runs diffusers' loader: see `SemFlowPipeline.load_config`.
+_LOADING_WITH_PACKAGE_CLASSES = contextvars.ContextVar("semflow_loading_with_package_classes", default=False)
+
+
+def _grad_free(method: Callable) -> Callable:
+    """Runs ``method`` under ``torch.inference_mode()``, or under ``torch.no_grad()`` (what diffusers' own pipelines
+    use) when accelerate's weight-moving hooks are attached (``enable_sequential_cpu_offload``, ``device_map``
+    dispatch): those hooks re-create parameters on every call, which is only safe outside inference mode."""
+
+    @functools.wraps(method)
+    def wrapper(self, *args, **kwargs):
+        with torch.no_grad() if _has_align_devices_hooks(self) else torch.inference_mode():
+            return method(self, *args, **kwargs)
+
+    return wrapper
+
+
+def _has_align_devices_hooks(pipe) -> bool:
+    try:
+        from accelerate.hooks import AlignDevicesHook, SequentialHook
+    except ImportError:
+        return False
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for module in component.modules():
+            hook = getattr(module, "_hf_hook", None)
+            hooks = hook.hooks if isinstance(hook, SequentialHook) else [hook]
+            if any(isinstance(h, AlignDevicesHook) for h in hooks):
+                return True
+    return False
 
 
 @dataclass
@@ -44,11 +88,15 @@ class SemFlowSegmentationOutput(BaseOutput):
         confidence (same layout, float32 in [0, 1]): nearest-anchor margin, 1 at an anchor, 0 half-way.
         anchor_images (`(N, C_cls, h, w)` float32): the predicted anchor images (the ODE's t=1 end, class
             channels only) at the processing resolution.
+        latents (`torch.Tensor` `(N, C, h, w)`, or a list when sizes differ): only with `output_type="latent"`, the
+            raw t=1 end state (VAE latents in latent mode), undecoded; the other fields are then `None`, so
+            `output[0]` is the state.
     """
 
     labels: Any
     confidence: Any
     anchor_images: Any
+    latents: Any = None
 
 
 @dataclass
@@ -57,9 +105,13 @@ class SemFlowSynthesisOutput(BaseOutput):
     Args:
         images (list of `PIL.Image.Image`, or `np.ndarray` `(N, H, W, 3)` / `torch.Tensor` `(N, 3, H, W)` in
             [0, 1]): `num_images_per_mask` images for every mask, mask-major order.
+        latents (`torch.Tensor` `(N, C, h, w)`, or a list when sizes differ): only with `output_type="latent"`, the
+            raw t=0 end state (VAE latents in latent mode), undecoded; `images` is then `None`, so `output[0]` is
+            the state.
     """
 
     images: Any
+    latents: Any = None
 
 
 class SemFlowPipeline(DiffusionPipeline):
@@ -67,10 +119,16 @@ class SemFlowPipeline(DiffusionPipeline):
 
     Args:
         unet: `UNet2DModel` (pixel mode) or `UNet2DConditionModel` (latent mode, fed the empty-prompt embedding).
+            Its `in_channels` must match the state (checked here): pixel mode `codec.num_channels * space_to_depth**2`,
+            latent mode the VAE's latent channels; its `out_channels` that times 2 for `prediction_type="endpoints"`.
         scheduler: `SemFlowScheduler`.
         vae: optional `AutoencoderKL` / `AutoencoderTiny`; given, the ODE runs in its latent space.
         text_encoder, tokenizer: optional, only to compute the empty-prompt embedding for SD-style UNets.
-        id2label: `{"0": "sky", ...}` class names by id (a dict, as in transformers' configs).
+        id2label: `{"0": "sky", ...}` class names by id (a dict, as in transformers' configs). Like the arguments
+            below it is configuration, not a component: `pipe.components` leaves it out, `pipe.parameters` and
+            `SemFlowPipeline.from_pipe(pipe)` carry it. Left out (e.g. `SemFlowPipeline(**pipe.components)`), the
+            number of classes is read from a simplex UNet's `in_channels` and the classes are named `class_0`... with
+            a warning; an error says what to pass where that number is ambiguous or cannot be read (RGB palettes).
         label_colors: `{"0": [r, g, b], ...}` display colours (0..255); may include `ignore_index`'s colour.
         ignore_index: the label id that is not a class (void), or `None`.
         palette: anchor palette, `"simplex"` (pixel mode), `"paper"` or `"max_spread"` (RGB; latent mode needs RGB).
@@ -84,14 +142,15 @@ class SemFlowPipeline(DiffusionPipeline):
 
     model_cpu_offload_seq = "text_encoder->vae->unet"
     _optional_components = ["vae", "text_encoder", "tokenizer"]
+    _callback_tensor_inputs = ["latents"]
 
     def __init__(
         self,
-        unet,
+        unet: Union[UNet2DModel, UNet2DConditionModel],
         scheduler: SemFlowScheduler,
-        vae=None,
-        text_encoder=None,
-        tokenizer=None,
+        vae: Optional[Union[AutoencoderKL, AutoencoderTiny]] = None,
+        text_encoder: Optional[PreTrainedModel] = None,
+        tokenizer: Optional[PreTrainedTokenizerBase] = None,
         id2label: Optional[dict] = None,
         label_colors: Optional[dict] = None,
         ignore_index: Optional[int] = None,
@@ -103,8 +162,14 @@ class SemFlowPipeline(DiffusionPipeline):
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        if isinstance(space_to_depth, bool) or not isinstance(space_to_depth, numbers.Integral) or space_to_depth < 1:
+            raise ValueError(f"`space_to_depth` must be a positive integer; got {space_to_depth!r}.")
+        space_to_depth = int(space_to_depth)
         if id2label is None:
-            raise ValueError("`id2label` is required, e.g. {'0': 'background', '1': 'object'}.")
+            id2label = _infer_id2label(unet, vae, palette, space_to_depth)
+        if not isinstance(id2label, dict) or not id2label:
+            raise ValueError(f"`id2label` must be a non-empty dict such as {{'0': 'background', '1': 'object'}}; "
+                             f"got {id2label!r}.")
         id2label = {str(k): str(v) for k, v in id2label.items()}
         if vae is not None and palette == "simplex":
             raise ValueError("Latent mode encodes anchor images with the VAE, which needs an RGB palette "
@@ -127,12 +192,32 @@ class SemFlowPipeline(DiffusionPipeline):
             coupling=coupling,
         )
         self.codec = AnchorCodec(palette, num_classes, ignore_index, coupling)
+        _check_unet_channels(unet, vae, scheduler, self.codec, space_to_depth)
+        self._num_timesteps: Optional[int] = None
         self.image_processor = VaeImageProcessor(do_resize=False, do_normalize=True)
         missing = [str(i) for i in range(num_classes) if str(i) not in label_colors]
         if missing:
             raise ValueError(f"`label_colors` has no colour for class ids {missing}.")
         self.label_colors = np.array([label_colors[str(i)] for i in range(num_classes)], dtype=np.uint8)  # (K, 3)
         self.ignore_color = np.array(label_colors.get(str(ignore_index), [0, 0, 0]), dtype=np.uint8)
+
+    def enable_sequential_cpu_offload(self, gpu_id: Optional[int] = None, device: Union[torch.device, str] = None):
+        """diffusers' ``enable_sequential_cpu_offload``; with ``device="cpu"`` (offload on a machine without an
+        accelerator, e.g. to bound memory) the hooks run on ``cpu`` rather than diffusers' ``cpu:0``, which
+        accelerate's weight-moving hooks cannot handle (``TypeError: new() received an invalid combination``)."""
+        super().enable_sequential_cpu_offload(gpu_id=gpu_id, device=device)
+        try:
+            from accelerate.hooks import AlignDevicesHook
+        except ImportError:  # pragma: no cover - diffusers already required accelerate above
+            return
+        for component in self.components.values():
+            if isinstance(component, torch.nn.Module):
+                for module in component.modules():
+                    hook = getattr(module, "_hf_hook", None)
+                    device_of_hook = getattr(hook, "execution_device", None)
+                    if isinstance(hook, AlignDevicesHook) and device_of_hook is not None and \
+                            torch.device(device_of_hook).type == "cpu":
+                        hook.execution_device = torch.device("cpu")
 
     # --------------------------------------------------------------------------------------------- properties
     @property
@@ -187,7 +272,7 @@ class SemFlowPipeline(DiffusionPipeline):
 
     def encode_empty_prompt(self, device=None) -> torch.Tensor:
         """Empty-prompt text embedding ``(1, L, D)`` for SD-style UNets; zeros ``(1, 1, D)`` without a text encoder."""
-        device = device or self.device
+        device = device or self._execution_device
         if self.text_encoder is None or self.tokenizer is None:
             return torch.zeros(1, 1, self.unet.config.cross_attention_dim, device=device)
         ids = self.tokenizer(
@@ -201,22 +286,37 @@ class SemFlowPipeline(DiffusionPipeline):
         num_inference_steps: int,
         direction: str,
         callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[list] = None,
     ) -> torch.Tensor:
         """The SemFlow ODE: Euler/Heun from t=0 to 1 (``"segment"``) or from t=1 to 0 (``"synthesize"``).
 
         Args:
             state: ``(N, C, h, w)`` the start state (image end or perturbed mask end).
-            callback_on_step_end: diffusers-style ``fn(pipe, i, timestep, {"latents": state}) -> dict``, called
-                after every network call (e.g. to record the trajectory).
+            callback_on_step_end: diffusers-style ``fn(pipe, i, timestep, callback_kwargs) -> dict`` (or a
+                ``PipelineCallback``), called after every network call (e.g. to record the trajectory);
+                ``callback_kwargs`` holds the tensors named in ``callback_on_step_end_tensor_inputs`` (only
+                ``"latents"``, the state, exists) and a returned ``"latents"`` replaces the state.
         """
+        if isinstance(callback_on_step_end, (PipelineCallback, MultiPipelineCallbacks)):
+            callback_on_step_end_tensor_inputs = callback_on_step_end.tensor_inputs
+        if callback_on_step_end_tensor_inputs is None:
+            callback_on_step_end_tensor_inputs = self._callback_tensor_inputs
         self.scheduler.set_timesteps(num_inference_steps, device=state.device, direction=direction)
+        self._num_timesteps = len(self.scheduler.timesteps)
         cond = self.encode_empty_prompt(state.device) if self._is_conditional else None
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_output = self.predict(self.scheduler.scale_model_input(state, t), t, cond)
             state = self.scheduler.step(model_output, t, state).prev_sample
             if callback_on_step_end is not None:
-                state = callback_on_step_end(self, i, t, {"latents": state}).get("latents", state)
+                local = {"latents": state}
+                callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
+                state = callback_on_step_end(self, i, t, callback_kwargs).get("latents", state)
         return state
+
+    @property
+    def num_timesteps(self) -> Optional[int]:
+        """Network calls of the last integration (``len(scheduler.timesteps)``; Heun makes two per step)."""
+        return self._num_timesteps
 
     @property
     def _is_conditional(self) -> bool:
@@ -348,7 +448,13 @@ class SemFlowPipeline(DiffusionPipeline):
         if isinstance(x, (list, tuple)):
             if len(x) == 0:
                 raise ValueError(f"`{name}` is an empty list.")
-            return list(x)
+            items = []
+            for item in x:  # 4-D batches inside a list are unpacked (as diffusers' image pipelines accept)
+                if isinstance(item, (torch.Tensor, np.ndarray)) and item.ndim == 4:
+                    items.extend(list(item))
+                else:
+                    items.append(item)
+            return items
         if isinstance(x, torch.Tensor) and x.ndim == 4:
             return list(x)
         if isinstance(x, np.ndarray) and x.ndim == 4:
@@ -422,27 +528,37 @@ class SemFlowPipeline(DiffusionPipeline):
         output_type: str,
         perturbation: Optional[float] = None,
         num_images_per_mask: int = 1,
+        generator: Any = None,
+        callback_on_step_end_tensor_inputs: Optional[list] = None,
     ) -> None:
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-            raise ValueError(f"`num_inference_steps` must be a positive integer; got {num_inference_steps!r}.")
+        """Raises a ValueError that names the argument. Integers may be any integer type (NumPy ints too) and
+        ``perturbation`` any real number type (e.g. ``np.float32``)."""
+        as_positive_int(num_inference_steps, "num_inference_steps")
         if processing_resolution is not None and (
-            not isinstance(processing_resolution, int) or processing_resolution < 0
+            isinstance(processing_resolution, bool) or not isinstance(processing_resolution, numbers.Integral)
+            or processing_resolution < 0
         ):
             raise ValueError(f"`processing_resolution` must be a non-negative integer (0 = native); "
                              f"got {processing_resolution!r}.")
-        if not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer; got {batch_size!r}.")
-        if output_type not in OUTPUT_TYPES:
+        as_positive_int(batch_size, "batch_size")
+        if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
             raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}; got {output_type!r}.")
-        if not isinstance(num_images_per_mask, int) or num_images_per_mask < 1:
-            raise ValueError(f"`num_images_per_mask` must be a positive integer; got {num_images_per_mask!r}.")
+        as_positive_int(num_images_per_mask, "num_images_per_mask")
         if perturbation is not None:
-            if not isinstance(perturbation, (int, float)) or perturbation < 0:
+            if isinstance(perturbation, bool) or not isinstance(perturbation, numbers.Real) or not math.isfinite(
+                perturbation
+            ) or perturbation < 0:
                 raise ValueError(f"`perturbation` must be a non-negative number; got {perturbation!r}.")
             self.codec.check_perturbation(float(perturbation))
+        check_generator(generator)
+        if callback_on_step_end_tensor_inputs is not None:
+            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
+            if unknown:
+                raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}; "
+                                 f"got {unknown}.")
 
     # ------------------------------------------------------------------------------------------ segmentation
-    @torch.inference_mode()
+    @_grad_free
     def segment(
         self,
         image: ImageInput,
@@ -453,30 +569,46 @@ class SemFlowPipeline(DiffusionPipeline):
         output_type: str = "np",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[list] = None,
+        generator: Optional[Union[torch.Generator, list]] = None,
     ) -> Union[SemFlowSegmentationOutput, tuple]:
         """Segments images: forward ODE from the image (t=0) to the anchor mask (t=1), then nearest anchor.
 
         Args:
             image: a PIL image, ``(H, W[, C])`` uint8/uint16/float array, ``([C,] H, W)`` tensor in [0, 1],
-                a 4-D batch of those, or a list (sizes may differ). RGBA loses alpha, grayscale is replicated.
-            num_inference_steps: Euler steps (1 works; default from the config).
+                a 4-D batch of those, or a list (sizes may differ; 4-D batches in a list are unpacked). RGBA loses
+                alpha, grayscale is replicated.
+            num_inference_steps: Euler steps (1 works; default from the config). Any integer type.
             processing_resolution: longest edge the model works at (0 = native; default from the config).
             match_input_resolution: read labels back at the input's size (class channels upsampled
                 bilinearly before the nearest-anchor search) instead of at the processing size.
             batch_size: images per network call.
-            output_type: ``"np"`` or ``"pt"`` for labels/confidence (``"pil"`` gives colour label maps).
+            output_type: ``"np"`` or ``"pt"`` for labels/confidence (``"pil"`` gives colour label maps);
+                ``"latent"`` returns only the raw t=1 state (``latents``, at the processing size, undecoded).
+            callback_on_step_end, callback_on_step_end_tensor_inputs: see :meth:`integrate`.
+            generator: accepted for symmetry with :meth:`synthesize` and diffusers' pipelines, and unused:
+                segmentation is deterministic (the image end holds no noise).
         """
         steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
-        self.check_inputs(steps, processing_resolution, batch_size, output_type)
+        self.check_inputs(steps, processing_resolution, batch_size, output_type, generator=generator,
+                          callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        steps, batch_size = int(steps), int(batch_size)
+        processing_resolution = None if processing_resolution is None else int(processing_resolution)
         images = [self._to_image_tensor(im) for im in self._as_list(image, "image")]
-        device = self.device
+        device = self._execution_device
 
         labels, confidence, anchors = [None] * len(images), [None] * len(images), [None] * len(images)
+        states = [None] * len(images)
         for group in self._batches(images, processing_resolution, batch_size):
             size = self.processing_size(*images[group[0]].shape[1:], processing_resolution)
             x = torch.stack([F.interpolate(images[i][None], size=size, mode="bilinear", antialias=True,
                                            align_corners=False)[0] for i in group]).to(device) * 2 - 1
-            state = self.integrate(self.image_to_state(x), steps, "segment", callback_on_step_end)
+            state = self.integrate(self.image_to_state(x), steps, "segment", callback_on_step_end,
+                                   callback_on_step_end_tensor_inputs)
+            if output_type == "latent":
+                for j, i in enumerate(group):
+                    states[i] = state[j]
+                continue
             pred = self.state_to_mask(state)[:, self.codec.class_channels]  # (n, C_cls, h, w)
             for j, i in enumerate(group):
                 p = pred[j : j + 1]
@@ -486,6 +618,9 @@ class SemFlowPipeline(DiffusionPipeline):
                 labels[i], confidence[i], anchors[i] = lab[0].cpu(), conf[0].cpu(), pred[j].float().cpu()
 
         self.maybe_free_model_hooks()
+        if output_type == "latent":
+            latents = _stack(states, "pt")
+            return (latents,) if not return_dict else SemFlowSegmentationOutput(None, None, None, latents=latents)
         if output_type == "pil":
             labels_out, conf_out = self.visualize_labels(labels), [PIL.Image.fromarray(
                 (c.numpy() * 255).astype(np.uint8)) for c in confidence]
@@ -510,19 +645,20 @@ class SemFlowPipeline(DiffusionPipeline):
         return groups
 
     # ------------------------------------------------------------------------------------------- synthesis
-    @torch.inference_mode()
+    @_grad_free
     def synthesize(
         self,
         mask: Any,
         num_inference_steps: Optional[int] = None,
         perturbation: float = 0.05,
         num_images_per_mask: int = 1,
-        generator: Optional[torch.Generator] = None,
+        generator: Optional[Union[torch.Generator, list]] = None,
         processing_resolution: Optional[int] = None,
         match_input_resolution: bool = True,
         output_type: str = "pil",
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[list] = None,
     ) -> Union[SemFlowSynthesisOutput, tuple]:
         """Synthesizes images from masks: backward ODE from the finitely perturbed anchor mask (t=1) to t=0.
 
@@ -532,29 +668,49 @@ class SemFlowPipeline(DiffusionPipeline):
             perturbation: β of the finite perturbation ``U(-β, β)`` added to the anchor image; it must stay below
                 ``pipe.codec.max_perturbation`` so that no pixel changes class. With the paper's coupling it is the
                 only source of variety (larger β -> more); with ``coupling="gaussian"`` the image-channel noise is.
+                Any real number type (e.g. ``np.float32``).
             num_images_per_mask: samples per mask (each with its own perturbation and noise).
-            generator: seeds the perturbation and the Gaussian noise (the ODE itself is deterministic).
-            output_type: ``"pil"``, ``"np"`` (``(N, H, W, 3)`` in [0, 1]) or ``"pt"`` (``(N, 3, H, W)``).
+            generator: seeds the perturbation and the Gaussian noise (the ODE itself is deterministic). One
+                ``torch.Generator`` for everything, or a list with one per output image (``len(masks) *
+                num_images_per_mask``, mask-major): image ``i`` is then what a single-image call with
+                ``generator[i]`` gives.
+            output_type: ``"pil"``, ``"np"`` (``(N, H, W, 3)`` in [0, 1]) or ``"pt"`` (``(N, 3, H, W)``);
+                ``"latent"`` returns only the raw t=0 state (``latents``, at the processing size, undecoded).
+            callback_on_step_end, callback_on_step_end_tensor_inputs: see :meth:`integrate`.
         """
         steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
-        self.check_inputs(steps, processing_resolution, 1, output_type, perturbation, num_images_per_mask)
+        self.check_inputs(steps, processing_resolution, 1, output_type, perturbation, num_images_per_mask,
+                          generator, callback_on_step_end_tensor_inputs)
+        steps, n = int(steps), int(num_images_per_mask)
+        processing_resolution = None if processing_resolution is None else int(processing_resolution)
         masks = [self._to_label_map(m) for m in self._as_list(mask, "mask")]
-        device = self.device
+        if isinstance(generator, (list, tuple)):
+            check_generator(generator, len(masks) * n)
+        device = self._execution_device
 
-        images = []
-        for m in masks:
+        images, states = [], []
+        for k, m in enumerate(masks):
             size = self.processing_size(*m.shape, processing_resolution)
             anchor = self.codec.encode(m[None].to(device))
             if tuple(anchor.shape[-2:]) != tuple(size):  # (area resize to the same size is the identity)
                 anchor = F.interpolate(anchor, size=size, mode="area")
-            anchor = anchor.repeat(num_images_per_mask, 1, 1, 1)
-            start = self.mask_to_state(self.codec.mask_end(anchor, float(perturbation), generator))
-            x = self.state_to_image(self.integrate(start, steps, "synthesize", callback_on_step_end))
+            anchor = anchor.repeat(n, 1, 1, 1)
+            g = generator[k * n : (k + 1) * n] if isinstance(generator, (list, tuple)) else generator
+            start = self.mask_to_state(self.codec.mask_end(anchor, float(perturbation), g))
+            state = self.integrate(start, steps, "synthesize", callback_on_step_end, callback_on_step_end_tensor_inputs)
+            if output_type == "latent":
+                states.append(state)
+                continue
+            x = self.state_to_image(state)
             if match_input_resolution and tuple(x.shape[-2:]) != tuple(m.shape):
                 x = F.interpolate(x, size=m.shape, mode="bilinear", align_corners=False)
             images.append(((x.clamp(-1, 1) + 1) / 2).cpu())  # [0, 1]
 
         self.maybe_free_model_hooks()
+        if output_type == "latent":
+            latents = torch.cat(states) if all(b.shape == states[0].shape for b in states) else [
+                a for b in states for a in b]
+            return (latents,) if not return_dict else SemFlowSynthesisOutput(None, latents=latents)
         if output_type == "pil":
             out = [PIL.Image.fromarray(a) for b in images for a in
                    (b.permute(0, 2, 3, 1).numpy() * 255).round().astype(np.uint8)]
@@ -567,11 +723,62 @@ class SemFlowPipeline(DiffusionPipeline):
             return (out,)
         return SemFlowSynthesisOutput(images=out)
 
-    def __call__(self, image: Optional[ImageInput] = None, mask: Any = None, **kwargs):
-        """``pipe(image=...)`` segments, ``pipe(mask=...)`` synthesizes; give exactly one."""
+    def __call__(
+        self,
+        image: Optional[ImageInput] = None,
+        mask: Any = None,
+        num_inference_steps: Optional[int] = None,
+        processing_resolution: Optional[int] = None,
+        match_input_resolution: bool = True,
+        batch_size: Optional[int] = None,
+        perturbation: Optional[float] = None,
+        num_images_per_mask: Optional[int] = None,
+        generator: Optional[Union[torch.Generator, list]] = None,
+        output_type: Optional[str] = None,
+        return_dict: bool = True,
+        callback_on_step_end: Optional[Callable] = None,
+        callback_on_step_end_tensor_inputs: Optional[list] = None,
+    ) -> Union[SemFlowSegmentationOutput, SemFlowSynthesisOutput, tuple]:
+        """``pipe(image=...)`` segments (:meth:`segment`), ``pipe(mask=...)`` synthesizes (:meth:`synthesize`);
+        give exactly one. There is no text prompt.
+
+        Args:
+            image: the image(s) to segment; see :meth:`segment`.
+            mask: the label mask(s) to synthesize photos from; see :meth:`synthesize`.
+            num_inference_steps, processing_resolution, match_input_resolution, generator, return_dict,
+                callback_on_step_end, callback_on_step_end_tensor_inputs: as in both methods (``generator`` is
+                unused when segmenting).
+            batch_size: segmentation only (images per network call, default 1).
+            perturbation, num_images_per_mask: synthesis only (defaults 0.05 and 1).
+            output_type: default ``"np"`` when segmenting, ``"pil"`` when synthesizing; ``"latent"`` returns the
+                raw end state of the ODE.
+        """
+        if _is_text(image) or _is_text(mask):
+            text = image if _is_text(image) else mask
+            raise ValueError(
+                "SemFlowPipeline takes images, not a text prompt: `pipe(image=PIL.Image.open('photo.jpg'))` segments "
+                "a photo into class labels, and `pipe(mask=label_map)` synthesizes a photo from a label mask (an "
+                f"integer (H, W) array or a label PNG). Got the text {text!r}."
+            )
         if (image is None) == (mask is None):
             raise ValueError("Pass exactly one of `image` (to segment) or `mask` (to synthesize).")
-        return self.segment(image, **kwargs) if image is not None else self.synthesize(mask, **kwargs)
+        common = dict(num_inference_steps=num_inference_steps, processing_resolution=processing_resolution,
+                      match_input_resolution=match_input_resolution, generator=generator, return_dict=return_dict,
+                      callback_on_step_end=callback_on_step_end,
+                      callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
+        if output_type is not None:
+            common["output_type"] = output_type
+        if image is not None:
+            wrong = [k for k, v in (("perturbation", perturbation), ("num_images_per_mask", num_images_per_mask))
+                     if v is not None]
+            if wrong:
+                raise ValueError(f"{wrong} apply to synthesis (`mask=`), not to segmentation (`image=`).")
+            return self.segment(image, batch_size=1 if batch_size is None else batch_size, **common)
+        if batch_size is not None:
+            raise ValueError("`batch_size` applies to segmentation (`image=`), not to synthesis (`mask=`).")
+        return self.synthesize(mask, perturbation=0.05 if perturbation is None else perturbation,
+                               num_images_per_mask=1 if num_images_per_mask is None else num_images_per_mask,
+                               **common)
 
     # --------------------------------------------------------------------------------------- visualisation
     def colorize(self, labels: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
@@ -609,41 +816,124 @@ class SemFlowPipeline(DiffusionPipeline):
         """Loads a saved SemFlow pipeline from a local folder or a Hub repo id with this package's classes.
 
         ``model_index.json`` names the pipeline's own code files (for ``trust_remote_code`` loading without this
-        package), which would make ``DiffusionPipeline.from_pretrained`` load those copies instead of this
-        class; so we read the index and load each component with its library's ``from_pretrained``.
+        package), which would make ``DiffusionPipeline.from_pretrained`` load those copies instead of this class. So
+        this method loads the scheduler itself (``SemFlowScheduler``), and runs diffusers' own loader on the folder
+        with the index read as if it named this class; everything else is diffusers' loading.
 
         Args:
-            kwargs: components to use instead of the saved ones (e.g. ``scheduler=...``), ``torch_dtype``, and
-                Hub arguments (``revision``, ``cache_dir``, ``local_files_only``, ``token``).
-        """
-        hub = {k: kwargs.pop(k) for k in ("revision", "cache_dir", "local_files_only", "token") if k in kwargs}
-        torch_dtype = kwargs.pop("torch_dtype", None)
-        folder = str(pretrained_model_name_or_path)
-        if not os.path.isdir(folder):
-            from huggingface_hub import snapshot_download
+            pretrained_model_name_or_path: a local folder, or a Hub repo id (``user/name``; downloaded with
+                ``huggingface_hub.snapshot_download``).
+            kwargs: every argument ``DiffusionPipeline.from_pretrained`` takes: ``dtype`` (or ``torch_dtype``; a
+                dtype or a ``{"unet": ..., "default": ...}`` dict), ``variant``, ``use_safetensors``,
+                ``device_map``, ``low_cpu_mem_usage``, ``max_memory``, ``quantization_config``, ...; Hub arguments
+                (``revision``, ``cache_dir``, ``local_files_only``, ``token``, ``force_download``); components to
+                use instead of the saved ones (``scheduler=...``, ``vae=None``); configuration overrides
+                (``default_num_inference_steps=...``).
 
-            folder = snapshot_download(folder, **hub)
-        index = cls.load_config(folder)
-        expected, optional = cls._get_signature_keys(cls)
-        init = {k: v for k, v in index.items() if k in optional and k not in cls._optional_components}
-        for name in set(expected) | set(cls._optional_components):
-            if name in kwargs:
-                init[name] = kwargs.pop(name)
-                continue
-            library, class_name = index.get(name, (None, None))
-            if library is None:
-                init[name] = None
-            elif name == "scheduler":
-                init[name] = SemFlowScheduler.from_pretrained(folder, subfolder="scheduler")
-            else:
-                component_cls = getattr(importlib.import_module(library), class_name)
-                is_model = issubclass(component_cls, torch.nn.Module)
-                extra = {"torch_dtype": torch_dtype} if torch_dtype is not None and is_model else {}
-                init[name] = component_cls.from_pretrained(folder, subfolder=name, **extra)
-        init.update(kwargs)
-        pipe = cls(**init)
-        pipe.register_to_config(_name_or_path=str(pretrained_model_name_or_path))
+        Loading is logged at INFO level on diffusers' loader logger (``diffusers.utils.logging.set_verbosity_info()``
+        shows it). Errors name the file or folder that is missing or wrong.
+        """
+        name = os.fspath(pretrained_model_name_or_path)
+        folder = cls._resolve_folder(name, kwargs)
+        index = cls._read_index(folder)
+        _check_components(folder, index, kwargs)
+        load_logger.info(f"Loading {cls.__name__} from {folder} with the classes of the installed package "
+                         f"`{cls.__module__.split('.')[0]}` (model_index.json's code files are for trust_remote_code).")
+        if "scheduler" not in kwargs:
+            kwargs["scheduler"] = SemFlowScheduler.from_pretrained(folder, subfolder="scheduler")
+            load_logger.info(f"Loaded scheduler as SemFlowScheduler from `scheduler` subfolder of {name}.")
+        token = _LOADING_WITH_PACKAGE_CLASSES.set(True)
+        try:
+            pipe = super().from_pretrained(folder, **kwargs)
+        finally:
+            _LOADING_WITH_PACKAGE_CLASSES.reset(token)
+        pipe.register_to_config(_name_or_path=name)
         return pipe
+
+    @classmethod
+    def load_config(cls, *args, **kwargs):
+        """``ConfigMixin.load_config``; while :meth:`from_pretrained` runs diffusers' loader, the index is read as
+        naming this class (not the saved code copy) and the scheduler as already given."""
+        config = super().load_config(*args, **kwargs)
+        if _LOADING_WITH_PACKAGE_CLASSES.get() and isinstance(config, dict):
+            config = dict(config)
+            config["_class_name"] = cls.__name__
+            if "scheduler" in config:
+                config["scheduler"] = [None, None]  # passed in by from_pretrained
+        return config
+
+    @staticmethod
+    def _resolve_folder(name: str, kwargs: dict) -> str:
+        """The local folder to load: ``name`` itself, or the Hub snapshot of repo id ``name``."""
+        if os.path.isdir(name):
+            return name
+        if os.path.isfile(name):
+            raise ValueError(f"`{name}` is a file; pass the pipeline's folder (the one that holds model_index.json).")
+        looks_local = (os.path.isabs(name) or name.startswith(("./", "../", ".\\", "..\\", "~")) or "\\" in name
+                       or name.count("/") > 1)
+        first = name.split("/")[0]
+        if looks_local or ("/" in name and os.path.isdir(first)):
+            raise FileNotFoundError(f"No such folder: `{name}`" + (
+                "." if looks_local else f" (`{first}/` exists here, so this names a local folder, not a Hub repo).")
+                + " Pass the folder of a saved pipeline (with model_index.json) or a Hub repo id `user/name`.")
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import HFValidationError
+
+        hub = {k: kwargs[k] for k in ("revision", "cache_dir", "local_files_only", "token", "force_download")
+               if kwargs.get(k) is not None}
+        load_logger.info(f"Downloading {name} from the Hub (or reading it from the cache).")
+        try:
+            return snapshot_download(name, **hub)
+        except HFValidationError as e:
+            raise ValueError(f"`{name}` is neither a local folder nor a valid Hub repo id (`user/name`): {e}") from e
+
+    @staticmethod
+    def _read_index(folder: str) -> dict:
+        path = os.path.join(folder, "model_index.json")
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"`{path}` is missing: `{folder}` is not a saved pipeline folder.")
+        try:
+            with open(path, encoding="utf-8") as f:
+                index = json.load(f)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ValueError(f"`{path}` is not valid JSON: {e}") from e
+        if not isinstance(index, dict):
+            raise ValueError(f"`{path}` must hold a JSON object; got {type(index).__name__}.")
+        return index
+
+
+def _check_components(folder: str, index: dict, passed: dict) -> None:
+    """Checks every component that model_index.json lists (and that is not passed in) before loading, so that an
+    error names the component, its class and the missing file instead of failing deep inside a loader."""
+    index_path = os.path.join(folder, "model_index.json")
+    for name, entry in index.items():
+        if name.startswith("_") or not isinstance(entry, (list, tuple)) or len(entry) != 2 or name in passed:
+            continue
+        library, class_name = entry
+        if library is None:
+            continue
+        sub = os.path.join(folder, name)
+        if name == "scheduler":  # always loaded as this package's SemFlowScheduler
+            config = os.path.join(sub, SemFlowScheduler.config_name)
+            if not os.path.isfile(config):
+                raise FileNotFoundError(f"`{config}` is missing: the scheduler's config, listed in {index_path}.")
+            continue
+        where = f"{index_path} names [{library!r}, {class_name!r}] for the `{name}` component"
+        try:
+            module = importlib.import_module(library)
+        except ImportError as e:
+            raise ValueError(f"{where}, but `{library}` cannot be imported: {e}") from e
+        obj = getattr(module, str(class_name), None)
+        if obj is None:
+            raise ValueError(f"{where}, but `{library}` has no `{class_name}`.")
+        if not inspect.isclass(obj):
+            raise ValueError(f"{where}, but `{library}.{class_name}` is a {type(obj).__name__}, not a class.")
+        if not os.path.isdir(sub):
+            raise FileNotFoundError(f"`{sub}` is missing: the `{name}` component's folder, listed in {index_path}.")
+        config_name = "config.json" if issubclass(obj, (torch.nn.Module,)) else None
+        if config_name and not os.path.isfile(os.path.join(sub, config_name)):
+            raise FileNotFoundError(f"`{os.path.join(sub, config_name)}` is missing: the `{name}` component's "
+                                    f"config ({library}.{class_name}). Is the checkpoint complete?")
 
 
 REMOTE_CODE_FILES = {  # file in this package -> where a saved pipeline folder holds a copy
@@ -672,6 +962,80 @@ def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
         f.write("\n")
 
 
+_REBUILD_HINT = ("To rebuild a pipeline from another one's parts, use `SemFlowPipeline.from_pipe(pipe)` or "
+                 "`SemFlowPipeline(**pipe.components, **pipe.parameters)`, which keep its configuration.")
+
+
+def _infer_id2label(unet, vae, palette: str, space_to_depth: int) -> dict:
+    """Generic class names for a pipeline built without ``id2label``, when the UNet's channels tell the count."""
+    required = "`id2label` is required, e.g. {'0': 'background', '1': 'object'}"
+    in_channels = getattr(getattr(unet, "config", None), "in_channels", None)
+    if vae is not None or palette != "simplex" or not isinstance(in_channels, int):
+        raise ValueError(f"{required}: with the {palette!r} palette{' in latent mode' if vae is not None else ''} the "
+                         f"number of classes cannot be read from the UNet. {_REBUILD_HINT}")
+
+    def classes(r):
+        return in_channels // (r * r) - 3 if in_channels % (r * r) == 0 and in_channels // (r * r) - 3 >= 2 else None
+
+    k = classes(space_to_depth)
+    if k is None:
+        raise ValueError(f"{required}: the UNet's {in_channels} input channels are not (3 + classes) x "
+                         f"space_to_depth**2 = (3 + K) x {space_to_depth ** 2} for any K >= 2. {_REBUILD_HINT}")
+    others = [(r, classes(r)) for r in range(1, 9) if r != space_to_depth and classes(r) is not None]
+    if others:
+        alternatives = ", ".join(f"{kk} classes at space_to_depth={r}" for r, kk in others)
+        raise ValueError(f"{required}: the UNet's {in_channels} input channels fit {k} classes at "
+                         f"space_to_depth={space_to_depth} but also {alternatives}. {_REBUILD_HINT}")
+    logger.warning(f"`id2label` not given: {k} classes read from the UNet's {in_channels} input channels "
+                   f"(space_to_depth={space_to_depth}), named class_0..class_{k - 1}. {_REBUILD_HINT}")
+    return {str(i): f"class_{i}" for i in range(k)}
+
+
+def _check_unet_channels(unet, vae, scheduler, codec: AnchorCodec, space_to_depth: int) -> None:
+    """Refuses a UNet whose channel counts do not fit the configured state (e.g. a changed ``space_to_depth``)
+    with a message that names the setting, instead of a conv shape error on first use."""
+    config = getattr(unet, "config", None)
+    in_channels, out_channels = getattr(config, "in_channels", None), getattr(config, "out_channels", None)
+    if not isinstance(in_channels, int):
+        return  # not a diffusers UNet (a test double, a wrapper): nothing to check against
+    if vae is not None:
+        expected = getattr(getattr(vae, "config", None), "latent_channels", None)
+        if not isinstance(expected, int):
+            return
+        why = f"the VAE's {expected} latent channels"
+    else:
+        r = space_to_depth
+        expected = codec.num_channels * r * r
+        why = (f"{codec.num_channels} state channels ({codec.palette!r} palette, {codec.num_classes} classes) "
+               f"x space_to_depth**2 = {r}**2")
+    if in_channels != expected:
+        hint = ""
+        if vae is None and in_channels % codec.num_channels == 0 and math.isqrt(in_channels // codec.num_channels) ** 2 \
+                == in_channels // codec.num_channels:
+            hint = f" The UNet fits space_to_depth={math.isqrt(in_channels // codec.num_channels)}."
+        raise ValueError(f"The UNet takes {in_channels} input channels, but this pipeline's state needs {expected}: "
+                         f"{why}. Was `space_to_depth`, `id2label` or `palette` changed from what the UNet was trained "
+                         f"with?{hint}")
+    prediction_type = getattr(getattr(scheduler, "config", None), "prediction_type", None)
+    if isinstance(out_channels, int) and prediction_type in ("velocity", "endpoints"):
+        factor = 2 if prediction_type == "endpoints" else 1
+        if out_channels != factor * expected:
+            raise ValueError(f"The UNet outputs {out_channels} channels, but prediction_type={prediction_type!r} "
+                             f"needs {factor} x {expected} = {factor * expected} ({why}). Use the scheduler the UNet "
+                             "was trained with ('endpoints' outputs twice the input channels, 'velocity' as many).")
+
+
+def make_generator(seed, device: Union[str, torch.device] = "cpu") -> torch.Generator:
+    """``torch.Generator(device).manual_seed(seed)`` with a clear message for a seed torch cannot take
+    (any integer from -2**63 to 2**64 - 1; NumPy integers too)."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise ValueError(f"`seed` must be an integer; got {seed!r} ({type(seed).__name__}).")
+    if not SEED_RANGE[0] <= int(seed) <= SEED_RANGE[1]:
+        raise ValueError(f"`seed` must be an integer from -2**63 to 2**64 - 1 (what torch.Generator takes); "
+                         f"got {seed}.")
+    return torch.Generator(device).manual_seed(int(seed))
+
+
 def _pixel_unshuffle(x: torch.Tensor, r: int) -> torch.Tensor:
     """``F.pixel_unshuffle`` as view + permute + one copy (bit-identical, ~3x faster on CPU)."""
     n, c, h, w = x.shape
@@ -689,6 +1053,10 @@ def default_label_colors(num_classes: int) -> np.ndarray:
     hues = (np.arange(num_classes) * 0.618033988749895) % 1.0  # golden-ratio hue steps stay far apart
     return np.array([colorsys.hsv_to_rgb(h, 0.65 + 0.35 * (i % 2), 0.95 - 0.3 * (i % 3 == 2))
                      for i, h in enumerate(hues)])
+
+
+def _is_text(x: Any) -> bool:
+    return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, str) for v in x))
 
 
 def _stack(items: list, output_type: str):

@@ -12,18 +12,57 @@ anchor. Three palettes:
   in the other class channels (zero in the image channels). All classes are equidistant, so a blend of two
   classes is never nearest a third one.
 
-All values are in [-1, 1]. The ignore label maps to white (RGB palettes, as in the paper) or to "no class"
+Couplings (what sits at each end besides the image and the anchor mask):
+
+- ``"paper"``: the mask end is the anchor image plus the finite perturbation ``U(-β, β)`` only, and the image
+  end of a simplex state has zeros in its class channels. The backward ODE starts from almost one point, so
+  synthesis returns about one image per mask (the paper's design).
+- ``"gaussian"`` (simplex only; entropy-preserving, as in SymmFlow): the mask end's *image* channels hold
+  ``N(0, I)`` noise. Labels are read from the class channels alone, so the noise never changes a label, while
+  synthesis gets a whole Gaussian of starting points (one photo per noise draw). The image end keeps zeros in
+  its class channels, so segmentation starts from the image itself and stays deterministic.
+
+All anchor values are in [-1, 1]. The ignore label maps to white (RGB palettes, as in the paper) or to "no class"
 (all class channels -1, simplex); it is never the answer of :meth:`AnchorCodec.decode`.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 
 PALETTES = ("paper", "max_spread", "simplex")
+COUPLINGS = ("paper", "gaussian")
+Generators = Union[None, torch.Generator, Sequence[torch.Generator]]
+
+
+def check_generator(generator: Generators, count: Optional[int] = None) -> None:
+    """Refuses anything but ``None``, a ``torch.Generator`` or a list of them (one per image: ``count``)."""
+    hint = ("`generator` must be a torch.Generator or a list of them (one per image), as in diffusers; to seed, "
+            "pass torch.Generator().manual_seed(seed) (or semflow_pipeline.make_generator(seed))")
+    if generator is None or isinstance(generator, torch.Generator):
+        return
+    if isinstance(generator, (list, tuple)):
+        bad = [type(g).__name__ for g in generator if not isinstance(g, torch.Generator)]
+        if bad:
+            raise ValueError(f"{hint}; the list holds {bad[0]}.")
+        if count is not None and len(generator) != count:
+            raise ValueError(f"Got a list of {len(generator)} generators for {count} images: pass one per image, "
+                             "or a single generator.")
+        return
+    raise ValueError(f"{hint}; got {type(generator).__name__} {generator!r}.")
+
+
+def _draw(sample: Callable, shape: tuple, generator: Generators) -> torch.Tensor:
+    """``sample(shape)`` in float32 on the generator's device (CPU without one); with a list, row ``i`` of the
+    batch comes from ``generator[i]``."""
+    if isinstance(generator, (list, tuple)):
+        check_generator(generator, shape[0])
+        return torch.cat([_draw(sample, (1, *shape[1:]), g).cpu() for g in generator])
+    device = generator.device if generator is not None else "cpu"
+    return sample(shape, generator=generator, device=device, dtype=torch.float32)
 
 
 def paper_palette(num_classes: int, levels: int = 6, step: int = 50) -> torch.Tensor:
@@ -64,11 +103,18 @@ class AnchorCodec:
         palette: ``"paper"``, ``"max_spread"`` or ``"simplex"``.
         num_classes: number of classes ``K`` (ids ``0..K-1``).
         ignore_index: the label id that is not a class (e.g. void), or ``None``.
+        coupling: ``"paper"`` or ``"gaussian"`` (see the module docstring); sets what :meth:`mask_end` draws.
     """
 
-    def __init__(self, palette: str, num_classes: int, ignore_index: Optional[int] = None):
+    def __init__(self, palette: str, num_classes: int, ignore_index: Optional[int] = None, coupling: str = "paper"):
         if num_classes < 2:
             raise ValueError(f"num_classes must be at least 2, got {num_classes}.")
+        if coupling not in COUPLINGS:
+            raise ValueError(f"Unknown coupling {coupling!r}; choose one of {COUPLINGS}.")
+        if coupling == "gaussian" and palette != "simplex":
+            raise ValueError("The 'gaussian' coupling puts noise in image channels that hold no class information, "
+                             "which only the 'simplex' palette has; RGB palettes need coupling='paper'.")
+        self.coupling = coupling
         if palette == "paper":
             anchors = paper_palette(num_classes)
             ignore = torch.ones(3)  # white, as in the official code
@@ -179,14 +225,43 @@ class AnchorCodec:
         confidence = ((d2 - d1) / self.min_distance).clamp(0.0, 1.0)
         return labels, confidence
 
-    def perturb(
-        self, anchor_images: torch.Tensor, perturbation: float, generator: Optional[torch.Generator] = None
-    ) -> torch.Tensor:
-        """Finite perturbation: ``anchor + U(-β, β)`` per channel, β = ``perturbation`` (checked against the palette)."""
+    def perturb(self, anchor_images: torch.Tensor, perturbation: float, generator: Generators = None) -> torch.Tensor:
+        """Finite perturbation: ``anchor + U(-β, β)`` per channel, β = ``perturbation`` (checked against the palette).
+
+        ``generator``: one ``torch.Generator`` for the whole batch, or a list with one per image (image ``i``'s noise
+        is then what a batch of one would draw from ``generator[i]``). Noise is drawn on the generator's device.
+        """
         self.check_perturbation(perturbation)
-        noise = torch.rand(anchor_images.shape, generator=generator, device="cpu", dtype=torch.float32)
+        check_generator(generator, anchor_images.shape[0] if isinstance(generator, (list, tuple)) else None)
+        noise = _draw(torch.rand, tuple(anchor_images.shape), generator)
         noise = (2 * noise - 1).to(anchor_images.device, anchor_images.dtype)
         return anchor_images + perturbation * noise
+
+    def mask_end(
+        self,
+        anchor_images: torch.Tensor,
+        perturbation: float,
+        generator: Generators = None,
+        noise_prob: float = 1.0,
+    ) -> torch.Tensor:
+        """The ODE's t=1 state for anchor images ``(N, C, H, W)``: the finite perturbation, and with the
+        ``"gaussian"`` coupling ``N(0, I)`` noise in the image channels 0-2. Both are drawn from ``generator`` (one
+        for the batch, or a list with one per image), the perturbation first.
+
+        ``noise_prob`` < 1 (training only) gives each sample the noise with that probability and zeros (the
+        paper's end) otherwise: a mixture coupling whose zero branch is exactly the path that segmentation
+        integrates (image channels fading linearly to 0), so more segmentation steps stay in distribution,
+        while synthesis starts from the Gaussian branch.
+        """
+        check_generator(generator, anchor_images.shape[0] if isinstance(generator, (list, tuple)) else None)
+        state = self.perturb(anchor_images, perturbation, generator) if perturbation > 0 else anchor_images.clone()
+        if self.coupling == "gaussian":
+            n, _, h, w = anchor_images.shape
+            noise = _draw(torch.randn, (n, 3, h, w), generator)
+            if noise_prob < 1.0:
+                noise = noise * (_draw(torch.rand, (n, 1, 1, 1), generator) < noise_prob)
+            state[:, :3] = noise.to(state.device, state.dtype)
+        return state
 
     def check_perturbation(self, perturbation: float) -> None:
         if not 0.0 <= perturbation <= self.max_perturbation:

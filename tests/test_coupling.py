@@ -117,3 +117,20 @@ def test_training_mixture_gives_noise_to_a_share_of_samples():
     assert 150 < int(noisy.sum()) < 250  # ~Binomial(400, 0.5)
     assert torch.equal(end[~noisy, :3], torch.zeros_like(end[~noisy, :3]))
     assert torch.equal(end[:, 3:], anchors[:, 3:])
+
+
+def test_clip_mask_end_keeps_class_channels_in_the_anchor_range_except_on_the_last_call():
+    pipe = tiny_pixel_pipeline(prediction_type="endpoints", palette="simplex")
+    c = pipe.codec.num_channels
+    out = torch.full((1, 2 * c, 4, 4), 3.0)
+    clipped = pipe.clip_mask_end(out)
+    assert float(clipped[:, 3:c].max()) == 1.0  # mask end's class channels
+    assert torch.equal(clipped[:, :3], out[:, :3]) and torch.equal(clipped[:, c:], out[:, c:])
+    assert float(out.max()) == 3.0  # the network's output itself is not modified
+    seen = []
+    pipe.predict = lambda *a, **k: seen.append(1) or torch.full((1, 2 * c, 32, 32), 3.0)
+    state = pipe.integrate(torch.zeros(1, c, 32, 32), 3, "segment")
+    # Steps 1-2 move towards the clipped end (1.0); the last call is raw, so the answer is the raw 3.0.
+    assert len(seen) == 3 and torch.allclose(state[:, 3:], torch.full_like(state[:, 3:], 3.0))
+    pipe.register_to_config(clip_mask_end=False)
+    assert torch.equal(pipe.clip_mask_end(out), out)

@@ -136,6 +136,8 @@ class SemFlowPipeline(DiffusionPipeline):
         coupling: `"paper"` (the mask end is the anchor image + the finite perturbation) or `"gaussian"` (simplex:
             also `N(0, I)` noise in the mask end's image channels, drawn from `generator`, so synthesis is varied;
             segmentation stays deterministic because the image end holds no noise). See `anchors.py`.
+        clip_mask_end: endpoints models, pixel mode: clip the predicted mask end's class channels to [-1, 1] on
+            every call but the last (see `clip_mask_end`), so that more segmentation steps stay in distribution.
         default_num_inference_steps: Euler steps when `num_inference_steps` is not given.
         default_processing_resolution: longest edge the model works at when `processing_resolution` is not given.
     """
@@ -159,6 +161,7 @@ class SemFlowPipeline(DiffusionPipeline):
         default_num_inference_steps: int = 1,
         default_processing_resolution: int = 128,
         coupling: str = "paper",
+        clip_mask_end: bool = True,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
@@ -190,6 +193,7 @@ class SemFlowPipeline(DiffusionPipeline):
             default_num_inference_steps=default_num_inference_steps,
             default_processing_resolution=default_processing_resolution,
             coupling=coupling,
+            clip_mask_end=clip_mask_end,
         )
         self.codec = AnchorCodec(palette, num_classes, ignore_index, coupling)
         _check_unet_channels(unet, vae, scheduler, self.codec, space_to_depth)
@@ -304,14 +308,32 @@ class SemFlowPipeline(DiffusionPipeline):
         self.scheduler.set_timesteps(num_inference_steps, device=state.device, direction=direction)
         self._num_timesteps = len(self.scheduler.timesteps)
         cond = self.encode_empty_prompt(state.device) if self._is_conditional else None
+        last = len(self.scheduler.timesteps) - 1
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_output = self.predict(self.scheduler.scale_model_input(state, t), t, cond)
+            if i < last:  # the last call stays raw: it is the answer (1-step results are unchanged)
+                model_output = self.clip_mask_end(model_output)
             state = self.scheduler.step(model_output, t, state).prev_sample
             if callback_on_step_end is not None:
                 local = {"latents": state}
                 callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
                 state = callback_on_step_end(self, i, t, callback_kwargs).get("latents", state)
         return state
+
+    def clip_mask_end(self, model_output: torch.Tensor) -> torch.Tensor:
+        """Clips the predicted mask end's class channels ``(N, C_cls, h, w)`` of an endpoints output
+        ``(N, 2C, h, w)`` to the anchors' range [-1, 1] (pixel mode, ``clip_mask_end=True`` in the config).
+
+        The true mask end always lies there, but the mask head overshoots the anchors (the auxiliary
+        cross-entropy pushes it past them); stepping towards such a target carries the next states out of the
+        training distribution, and multi-step segmentation degrades. Like diffusers' ``clip_sample`` for x0.
+        """
+        if (not self.config.get("clip_mask_end", False) or self.vae is not None
+                or self.scheduler.config.prediction_type != "endpoints"):
+            return model_output
+        out = model_output.clone()
+        out[:, : out.shape[1] // 2][:, self.codec.class_channels].clamp_(-1.0, 1.0)
+        return out
 
     @property
     def num_timesteps(self) -> Optional[int]:

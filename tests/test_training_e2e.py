@@ -99,11 +99,12 @@ def test_evaluate_cli_with_synthesis(toy_root, tmp_path, capsys):
                    "--num-inference-steps", "1", "2", "--synthesis", "--baseline", str(ce / "final"),
                    "--perturbations", "0.05", "0.2", "--num-seeds", "2", "--json", str(out_json)])
     text = capsys.readouterr().out
-    assert "SemFlow 1 step" in text and "SemFlow 2 steps" in text and "diversity" in text
+    assert "SemFlow 1 step" in text and "SemFlow 2 steps" in text and "two-sample mean abs diff" in text
     res = json.loads(out_json.read_text())
     syn = res["synthesis"]
     assert [r["perturbation"] for r in syn] == [0.05, 0.2]
-    assert all(0 <= r["synth_miou"] <= 1 and r["diversity_std"] > 0 for r in syn)
+    assert all(0 <= r["synth_miou"] <= 1 and r["diversity_std"] > 0 and r["diversity_abs_diff"] > 0 for r in syn)
+    assert all(r["sharpness_ratio"] > 0 and np.isfinite(r["frechet_distance"]) for r in syn)
     # Baseline folders evaluate through the same command.
     evaluate_main(["--model", str(ce / "final"), "--data-root", str(toy_root), "--split", "val"])
     assert "baseline (CE)" in capsys.readouterr().out

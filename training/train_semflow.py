@@ -56,7 +56,7 @@ DEFAULTS: Dict[str, Any] = {
     "mask_ce_weight": 0.0, "mask_ce_scale": 4.0,
     # optimisation
     "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
-    "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "bf16", "seed": 0,
+    "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "auto", "seed": 0,
     "ema": False, "ema_decay": 0.999, "num_threads": None,
     # logging / checkpoints
     "output_dir": "runs/semflow-camvid", "checkpointing_steps": 200, "checkpoints_total_limit": 2,
@@ -322,11 +322,199 @@ def evaluate_quick(cfg, segmenter_fn, val_ds, num_classes, ignore_index) -> floa
     return cm.miou()
 
 
-def latest_checkpoint(ckpt_root: str) -> Optional[str]:
+def list_checkpoints(ckpt_root: str) -> List[str]:
+    """``checkpoint-<step>`` folders, newest first (``.tmp`` / ``.old`` leftovers of an interrupted save excluded)."""
     if not os.path.isdir(ckpt_root):
+        return []
+    cks = [d for d in os.listdir(ckpt_root) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()
+           and os.path.isdir(os.path.join(ckpt_root, d))]
+    return [os.path.join(ckpt_root, d) for d in sorted(cks, key=lambda d: -int(d.split("-")[-1]))]
+
+
+def latest_checkpoint(ckpt_root: str) -> Optional[str]:
+    cks = list_checkpoints(ckpt_root)
+    return cks[0] if cks else None
+
+
+def checkpoint_step(path: str) -> int:
+    return int(os.path.basename(os.path.normpath(path)).split("-")[-1])
+
+
+def resume_state(accelerator, requested: str, ckpt_root: str) -> tuple:
+    """Loads the checkpoint to resume from; returns ``(path, step)``, ``(None, 0)`` when there is none.
+
+    ``latest`` tries the checkpoints newest first: one that does not load (truncated or corrupt files, a missing
+    file) is reported and the previous one is used, so a bad save costs ``checkpointing_steps`` steps, not a
+    manual clean-up. A named checkpoint that does not load is a clear error (no silent fallback to another).
+    Each ``load_state`` replaces every saved component (model, optimizer, LR schedule, EMA, RNG states), so a
+    partial load of a bad checkpoint is fully overwritten by the good one.
+    """
+    if requested != "latest":
+        if not os.path.isdir(requested):
+            raise SystemExit(f"--resume_from_checkpoint: no such checkpoint folder: {requested}")
+        if not os.path.basename(os.path.normpath(requested)).split("-")[-1].isdigit():
+            raise SystemExit(f"--resume_from_checkpoint: {requested} is not a checkpoint-<step> folder")
+        try:
+            accelerator.load_state(requested)
+        except Exception as e:
+            raise SystemExit(f"--resume_from_checkpoint: could not load {requested}: {type(e).__name__}: {e}")
+        return requested, checkpoint_step(requested)
+    failed = []
+    for path in list_checkpoints(ckpt_root):
+        try:
+            accelerator.load_state(path)
+        except Exception as e:
+            first = str(e).splitlines()[0][:200] if str(e) else ""
+            accelerator.print(f"checkpoint {path} could not be loaded ({type(e).__name__}: {first}); "
+                              "falling back to the previous checkpoint")
+            failed.append(path)
+            continue
+        if failed:
+            names = ", ".join(map(os.path.basename, failed))
+            accelerator.print(f"resuming from {path} instead of the unreadable {names} (replaced when training "
+                              "reaches that step again)")
+        return path, checkpoint_step(path)
+    if failed:
+        raise SystemExit(f"no loadable checkpoint in {ckpt_root}: {', '.join(map(os.path.basename, failed))} all "
+                         "failed to load; remove them or start without --resume_from_checkpoint")
+    return None, 0
+
+
+def replace_dir(src: str, dst: str) -> None:
+    """Renames the complete folder ``src`` to ``dst``, replacing an existing ``dst`` (a newer run's checkpoint of
+    the same step after resuming from an older one). ``dst`` is first moved aside to ``dst.old`` and deleted only
+    after the rename, so a kill at any point leaves either the old or the new complete checkpoint (or an older
+    one) under a ``checkpoint-<step>`` name; ``remove_leftovers`` deletes the rest at the next save."""
+    old = dst + ".old"
+    if os.path.lexists(old):
+        shutil.rmtree(old, ignore_errors=True)
+    if os.path.lexists(dst):
+        os.replace(dst, old)
+    os.replace(src, dst)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def remove_leftovers(ckpt_root: str) -> None:
+    """Deletes ``checkpoint-<step>.tmp`` / ``.old`` folders: the remains of a save or replace that was killed."""
+    if os.path.isdir(ckpt_root):
+        for d in os.listdir(ckpt_root):
+            if d.startswith("checkpoint-") and d.endswith((".tmp", ".old")):
+                shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+
+
+def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
+    """Writes JSON to ``path.tmp``, fsyncs and renames: a kill leaves the old file or the new, never a torn one."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(data, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_elapsed(path: Optional[str]) -> Optional[float]:
+    """``elapsed_s`` from a wall-time JSON, or None when it is missing or unreadable (empty, truncated)."""
+    if not path or not os.path.isfile(path):
         return None
-    cks = [d for d in os.listdir(ckpt_root) if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()]
-    return os.path.join(ckpt_root, max(cks, key=lambda d: int(d.split("-")[-1]))) if cks else None
+    try:
+        with open(path) as f:
+            value = float(json.load(f)["elapsed_s"])
+        return value if math.isfinite(value) and value >= 0 else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def truncate_log(log_path: str, step: int) -> int:
+    """Keeps ``log.csv``'s header and its rows up to ``step`` (the step resumed from): the rows after it belong to
+    the interrupted run and are written again, so they would be duplicated. Unparseable rows (a line cut by a
+    kill) are dropped too. Rewritten atomically; returns the number of rows dropped."""
+    header = ["step", "loss", "lr", "val_miou", "elapsed_s"]
+    with open(log_path, newline="") as f:
+        rows = list(csv.reader(f))
+    keep, dropped = [], 0
+    for r in rows[1:] if rows and rows[0] == header else rows:
+        try:
+            ok = len(r) == len(header) and int(r[0]) <= step
+        except ValueError:
+            ok = False
+        if ok:
+            keep.append(r)
+        else:
+            dropped += 1
+    tmp = log_path + ".tmp"
+    with open(tmp, "w", newline="") as f:
+        csv.writer(f).writerows([header] + keep)
+    os.replace(tmp, log_path)
+    return dropped
+
+
+def cpu_bf16_support() -> tuple:
+    """(whether this CPU runs bf16 matmuls natively, the evidence): AVX512-BF16 or AMX-BF16.
+
+    Read from torch's CPU feature probe (``torch._C._cpu._get_cpu_capability()``, torch >= 2.7; else the older
+    ``torch.cpu._is_avx512_bf16_supported``), then ``/proc/cpuinfo`` flags. ``torch.backends.cpu.
+    get_cpu_capability()`` alone is not enough: it says ``AVX512`` also for AVX-512 CPUs without BF16.
+    """
+    flags: Dict[str, bool] = {}
+    source = ""
+    try:
+        cap = torch._C._cpu._get_cpu_capability()
+        if isinstance(cap, dict) and "avx512_bf16" in cap:
+            flags = {k: bool(cap.get(k)) for k in ("avx512_bf16", "amx_bf16")}
+            source = "torch CPU probe"
+    except Exception:
+        pass
+    if not flags:
+        try:
+            flags = {"avx512_bf16": bool(torch.cpu._is_avx512_bf16_supported()),
+                     "amx_bf16": bool(torch.cpu._is_amx_tile_supported())}
+            source = "torch.cpu"
+        except Exception:
+            pass
+    if not flags and os.path.isfile("/proc/cpuinfo"):
+        try:
+            with open("/proc/cpuinfo") as f:
+                words = set(f.read().split())
+            flags = {k: k in words for k in ("avx512_bf16", "amx_bf16")}
+            source = "/proc/cpuinfo"
+        except OSError:
+            pass
+    if not flags:
+        return False, "bf16 support could not be detected on this CPU"
+    found = [n for k, n in (("amx_bf16", "AMX-BF16"), ("avx512_bf16", "AVX512-BF16")) if flags.get(k)]
+    try:
+        isa = f", vector ISA {torch.backends.cpu.get_cpu_capability()}"
+    except Exception:
+        isa = ""
+    if found:
+        return True, f"the CPU has {' and '.join(found)} ({source}{isa})"
+    return False, f"the CPU has neither AVX512-BF16 nor AMX-BF16 ({source}{isa})"
+
+
+def resolve_mixed_precision(requested: Any, use_cpu: bool) -> tuple:
+    """``mixed_precision`` config value -> (accelerate's value, the reason, for the log).
+
+    ``auto`` (the default): bf16 on a CUDA GPU that supports it or on a CPU with native bf16 matmuls
+    (AVX512-BF16 / AMX); else fp32 (``no``): on other CPUs bf16 autocast is emulated and a training step is
+    ~20x slower than fp32. An explicit ``bf16`` / ``fp16`` / ``no`` is used as given. YAML reads an unquoted
+    ``no`` as false; false and null mean ``no``.
+    """
+    if requested is None or requested is False or str(requested).lower() in ("no", "fp32", "none", "false", ""):
+        return "no", "set in the config"
+    value = str(requested).lower()
+    if value != "auto":
+        if value not in ("bf16", "fp16", "fp8"):
+            raise SystemExit(f"mixed_precision must be auto, bf16, fp16, fp8 or no; got {requested!r}")
+        return value, "set in the config"
+    if not use_cpu:
+        name = torch.cuda.get_device_name(0)
+        if torch.cuda.is_bf16_supported():
+            return "bf16", f"auto: the GPU ({name}) supports bf16"
+        return "no", f"auto: the GPU ({name}) has no bf16 support; fp32"
+    ok, why = cpu_bf16_support()
+    if ok:
+        return "bf16", f"auto: {why}"
+    return "no", f"auto: {why}, so bf16 autocast would be emulated (~20x slower per step); fp32"
 
 
 def plot_log(csv_path: str, png_path: str) -> None:
@@ -361,15 +549,18 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     AcceleratorState._reset_state(reset_partial_state=False)
     out = cfg["output_dir"]
     use_cpu = not torch.cuda.is_available()
-    mp = cfg["mixed_precision"] or "no"
+    mp, mp_reason = resolve_mixed_precision(cfg["mixed_precision"], use_cpu)
     accelerator = Accelerator(mixed_precision=mp, cpu=use_cpu,
                               project_config=ProjectConfiguration(project_dir=out, automatic_checkpoint_naming=False))
+    accelerator.print(f"mixed precision: {mp} ({mp_reason})")
     set_seed(int(cfg["seed"]) + accelerator.process_index)
     is_main = accelerator.is_main_process
+    cfg["mixed_precision_used"] = f"{mp} ({mp_reason})"  # config.yaml keeps the requested value too
     if is_main:
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.yaml"), "w") as f:
             yaml.safe_dump({k: v for k, v in cfg.items()}, f, sort_keys=False)
+    cfg["mixed_precision"] = mp  # the model card states the precision the run used
 
     aug = AugmentConfig(cfg["scale_min"], cfg["scale_max"], cfg["hflip"])
     train_ds = build_dataset(cfg["dataset"], cfg["data_root"], cfg["train_split"], size=tuple(cfg["resolution"]),
@@ -415,14 +606,17 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
 
     ckpt_root = os.path.join(out, "checkpoints")
     start_step = 0
+    resumed_from = None
     if cfg["resume_from_checkpoint"]:
-        path = latest_checkpoint(ckpt_root) if cfg["resume_from_checkpoint"] == "latest" else cfg["resume_from_checkpoint"]
-        if path is None:
+        resumed_from, start_step = resume_state(accelerator, cfg["resume_from_checkpoint"], ckpt_root)
+        if resumed_from is None:
             accelerator.print(f"no checkpoint in {ckpt_root}; starting from scratch")
         else:
-            accelerator.load_state(path)
-            start_step = int(os.path.basename(path.rstrip("/")).split("-")[-1])
-            accelerator.print(f"resumed from {path} at step {start_step}")
+            accelerator.print(f"resumed from {resumed_from} at step {start_step}")
+            newer = [os.path.basename(p) for p in list_checkpoints(ckpt_root) if checkpoint_step(p) > start_step]
+            if newer:
+                accelerator.print(f"newer checkpoints from the earlier run ({', '.join(reversed(newer))}) are replaced "
+                                  "as training reaches their steps")
 
     batches = StepBatches(train_ds, int(cfg["batch_size"]), accelerator.num_processes, accelerator.process_index,
                           int(cfg["seed"]))
@@ -431,6 +625,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if is_main and (start_step == 0 or not os.path.isfile(log_path)):
         with open(log_path, "w", newline="") as f:
             csv.writer(f).writerow(["step", "loss", "lr", "val_miou", "elapsed_s"])
+    elif is_main:
+        dropped = truncate_log(log_path, start_step)
+        if dropped:
+            accelerator.print(f"log.csv: dropped {dropped} row(s) after step {start_step} (they are logged again)")
     tb = None
     if is_main and cfg["tensorboard"]:
         try:
@@ -468,9 +666,15 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     t0 = time.time()
     prior_elapsed = 0.0
     state_file = os.path.join(out, "wall_time.json")
-    if start_step and os.path.isfile(state_file):
-        with open(state_file) as f:
-            prior_elapsed = json.load(f).get("elapsed_s", 0.0)
+    if start_step:
+        # The checkpoint's own record (written inside it before its rename), then the run's latest one; a missing
+        # or broken file (e.g. empty after a crash) costs only the wall-time total, never the resume.
+        own = read_elapsed(os.path.join(resumed_from, "wall_time.json")) if resumed_from else None
+        prior_elapsed = own if own is not None else read_elapsed(state_file)
+        if prior_elapsed is None:
+            if os.path.isfile(state_file):
+                accelerator.print(f"{state_file} is unreadable; the reported wall time restarts from this resume")
+            prior_elapsed = 0.0
     model.train()
     bar = tqdm(range(start_step, total), initial=start_step, total=total, disable=not is_main, desc="train")
     running, n_run = 0.0, 0
@@ -519,21 +723,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             accelerator.wait_for_everyone()
             path = os.path.join(ckpt_root, f"checkpoint-{done}")
             # Write to a temporary name and rename when complete: a run killed mid-save never leaves a
-            # half-written "latest" checkpoint behind.
+            # half-written "latest" checkpoint behind. Leftovers of a killed save (.tmp, .old) are removed first.
+            if is_main:
+                remove_leftovers(ckpt_root)
+            accelerator.wait_for_everyone()
             accelerator.save_state(path + ".tmp")
             accelerator.wait_for_everyone()
             if is_main:
-                os.replace(path + ".tmp", path)
-                with open(state_file, "w") as f:
-                    json.dump({"elapsed_s": elapsed, "step": done}, f)
+                write_json_atomic(os.path.join(path + ".tmp", "wall_time.json"), {"elapsed_s": elapsed, "step": done})
+                replace_dir(path + ".tmp", path)  # resumed from an older checkpoint: replaces this step's old one
+                write_json_atomic(state_file, {"elapsed_s": elapsed, "step": done})
                 limit = cfg["checkpoints_total_limit"]
                 if limit:
-                    cks = sorted((d for d in os.listdir(ckpt_root)
-                                  if d.startswith("checkpoint-") and d.split("-")[-1].isdigit()),
-                                 key=lambda d: int(d.split("-")[-1]))
-                    cks = [d for d in cks if d.split("-")[-1].isdigit()]
-                    for d in cks[:-int(limit)]:
-                        shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+                    # Only this run's checkpoints count: after resuming from an older one, the previous run's
+                    # newer checkpoints (step > done) wait to be replaced, and must not push out the ones just made.
+                    cks = [p for p in list_checkpoints(ckpt_root) if checkpoint_step(p) <= done]
+                    for p in cks[int(limit):]:
+                        shutil.rmtree(p, ignore_errors=True)
             accelerator.wait_for_everyone()
             if cfg["stop_at_step"] and done >= int(cfg["stop_at_step"]):
                 accelerator.print(f"stopping at step {done} (stop_at_step); resume with --resume_from_checkpoint latest")
@@ -543,7 +749,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     accelerator.wait_for_everyone()
     wall = prior_elapsed + time.time() - t0
     result = {"steps": total, "wall_time_s": wall, "params": n_params, "final_val_miou": last_val,
-              "hardware": hardware_string(accelerator)}
+              "hardware": hardware_string(accelerator), "mixed_precision": f"{mp} ({mp_reason})"}
     if is_main:
         if ema is not None:
             ema.copy_to(plain.parameters())

@@ -408,20 +408,48 @@ class SemFlowPipeline(DiffusionPipeline):
         return self.codec.lift_image(images), masks
 
     # ----------------------------------------------------------------------------------------------- inputs
+    # Cost bounds for one call, checked by `check_inputs` (and `processing_size` for native processing): a
+    # request above them raises a ValueError that says how to raise the bound. They are class attributes, so a
+    # power user raises them deliberately, per pipeline (`pipe.max_processing_resolution = 4096`) or for all
+    # (`SemFlowPipeline.max_processing_resolution = 4096`); `None` removes a bound. A model whose config default
+    # exceeds a bound may still use its default. Costs on the shipped CamVid model (CPU, one image): peak RSS
+    # ~0.5 GB at 160 (its default), ~1 GB at 1024, ~2.4 GB and 15-20 s per step at 2048; memory grows with the
+    # square of the processing resolution and linearly with the images per call, time linearly with the steps.
+    max_processing_resolution: Optional[int] = 2048
+    max_num_inference_steps: Optional[int] = 100  # the app and benchmarks use at most 25
+    max_num_images_per_mask: Optional[int] = 32
+    # Float images must be in [0, 1]. Slight excursions (resampling overshoot) pass unchanged; beyond this margin
+    # the data is on another scale (0..255, or [-1, 1]) and would be segmented silently wrong, so it raises.
+    float_range_margin: float = 0.5
+
     def processing_size(self, height: int, width: int, processing_resolution: Optional[int] = None) -> tuple:
         """(h, w) the model works at: longest edge = ``processing_resolution`` (0: native), multiples of
         ``size_multiple``."""
         res = self.config.default_processing_resolution if processing_resolution is None else processing_resolution
+        limit, edge = self._bound("max_processing_resolution"), max(height, width)
+        if res == 0 and limit is not None and edge > limit:  # native: bounded by the input's own size
+            raise ValueError(
+                f"`processing_resolution=0` (native) on a {width}x{height} input would process {edge} pixels on the "
+                f"long edge, above this pipeline's limit of {limit} (memory grows with its square). Pass a smaller "
+                f"`processing_resolution`, or set `pipe.max_processing_resolution = {edge}` to allow it deliberately."
+            )
         scale = 1.0 if res == 0 else res / max(height, width)
         m = self.size_multiple
         return max(m, round(height * scale / m) * m), max(m, round(width * scale / m) * m)
 
-    @staticmethod
-    def _to_image_tensor(image: Any, name: str = "image") -> torch.Tensor:
-        """One image (PIL, ``(H, W[, C])`` array, ``([C,] H, W)`` tensor) -> float ``(3, H, W)`` in [0, 1]."""
+    @classmethod
+    def _to_image_tensor(cls, image: Any, name: str = "image") -> torch.Tensor:
+        """One image (PIL, ``(H, W[, C])`` array, ``([C,] H, W)`` tensor) -> float ``(3, H, W)`` in [0, 1].
+
+        Float inputs must be finite and in [0, 1]: NaN/inf, and values beyond ``float_range_margin`` outside
+        [0, 1] (data in 0..255 or [-1, 1]), raise a ValueError that names the fix.
+        """
+        is_float = False
         if isinstance(image, PIL.Image.Image):
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit grayscale
                 arr = np.asarray(image).astype(np.float32)
+                if image.mode == "F":
+                    cls._check_finite(torch.from_numpy(arr), name)
                 arr = arr / (65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0)
                 arr = np.clip(arr, 0, 1)
                 return torch.from_numpy(arr)[None].expand(3, -1, -1).contiguous()
@@ -433,6 +461,7 @@ class SemFlowPipeline(DiffusionPipeline):
                 t = torch.from_numpy(image.astype(np.float32) / 65535.0)
             elif np.issubdtype(image.dtype, np.floating):
                 t = torch.from_numpy(image.astype(np.float32))
+                is_float = True
             else:
                 raise ValueError(f"`{name}` arrays must be uint8, uint16 or float in [0, 1]; got dtype {image.dtype}.")
             if t.ndim == 2:
@@ -446,11 +475,13 @@ class SemFlowPipeline(DiffusionPipeline):
                 t = t.float() / 255.0
             elif not t.is_floating_point():
                 raise ValueError(f"`{name}` tensors must be uint8 or float in [0, 1]; got dtype {t.dtype}.")
+            else:
+                is_float = True
             if t.ndim == 2:
                 t = t[None]
             if t.ndim != 3:
                 raise ValueError(f"`{name}` tensors must be (C, H, W) or (H, W); got shape {tuple(image.shape)}.")
-            t = t.float().cpu()
+            t = t.detach().float().cpu()
         else:
             raise ValueError(f"`{name}` must be a PIL image, numpy array or torch tensor; got {type(image).__name__}.")
         if t.shape[0] == 1:
@@ -461,7 +492,31 @@ class SemFlowPipeline(DiffusionPipeline):
             raise ValueError(f"`{name}` must have 1, 3 or 4 channels; got {t.shape[0]}.")
         if t.shape[1] == 0 or t.shape[2] == 0:
             raise ValueError(f"`{name}` is empty (size {tuple(t.shape[1:])}).")
+        if is_float:
+            cls._check_float_range(t, name)
         return t.contiguous()
+
+    @staticmethod
+    def _check_finite(t: torch.Tensor, name: str) -> None:
+        finite = torch.isfinite(t)
+        if not bool(finite.all()):
+            n = int((~finite).sum())
+            raise ValueError(f"`{name}` has {n} non-finite value(s) (NaN or inf), which would make the whole result "
+                             "meaningless; replace them first (e.g. `np.nan_to_num(image)`).")
+
+    @classmethod
+    def _check_float_range(cls, t: torch.Tensor, name: str) -> None:
+        """Float images: finite, and in [0, 1] up to ``float_range_margin`` (else the scale is wrong)."""
+        cls._check_finite(t, name)
+        lo, hi, margin = float(t.min()), float(t.max()), float(cls.float_range_margin)
+        if hi > 1 + margin:
+            scale = "0..65535 (16-bit) data: divide by 65535" if hi > 255 * (1 + margin) else \
+                "0..255 data: divide by 255 or pass a uint8 array"
+            raise ValueError(f"`{name}` is a float image with values up to {hi:g}, but float images must be in [0, 1]; "
+                             f"this looks like {scale}.")
+        if lo < -margin:
+            raise ValueError(f"`{name}` is a float image with values down to {lo:g}, but float images must be in "
+                             "[0, 1]; if it is in [-1, 1], pass `(image + 1) / 2`.")
 
     @staticmethod
     def _as_list(x: Any, name: str) -> list:
@@ -490,10 +545,7 @@ class SemFlowPipeline(DiffusionPipeline):
         """
         rgb = np.asarray(mask.convert("RGB") if isinstance(mask, PIL.Image.Image) else mask)[..., :3].astype(np.int64)
         keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        table = {int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]): i for i, c in enumerate(self.label_colors)}
-        if self.config.ignore_index is not None:
-            c = self.ignore_color
-            table.setdefault(int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]), self.config.ignore_index)
+        table = self._color_table()
         uniq, inverse, counts = np.unique(keys.ravel(), return_inverse=True, return_counts=True)
         unknown = [(int(k), int(n)) for k, n in zip(uniq, counts) if int(k) not in table]
         if unknown:
@@ -507,10 +559,47 @@ class SemFlowPipeline(DiffusionPipeline):
         ids = np.array([table[int(k)] for k in uniq], dtype=np.int64)
         return ids[inverse].reshape(keys.shape)
 
+    def _color_table(self) -> dict:
+        """Display colour as ``r << 16 | g << 8 | b`` -> class id (the ignore colour -> ``ignore_index``)."""
+        table = {int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]): i for i, c in enumerate(self.label_colors)}
+        if self.config.ignore_index is not None:
+            c = self.ignore_color
+            table.setdefault(int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]), self.config.ignore_index)
+        return table
+
+    def _palette_is_label_colors(self, mask: PIL.Image.Image) -> bool:
+        """Whether a palette (mode P) mask is a colour mask: read it as colours, not as class-id indices.
+
+        True when every palette entry the image uses is a display colour and reading the colours gives other ids
+        than the indices (where they agree, both readings are the same). A label-id PNG saved with some other
+        colormap (grey ramp, Pascal VOC, ...) uses entries that are not display colours, so it stays ids; so does
+        one whose used entries are all the ignore colour (black in most legends: no evidence either way). To force
+        ids, pass ``np.asarray(mask)``; to force colours, ``mask.convert("RGB")``.
+        """
+        palette = mask.getpalette("RGB")
+        if not palette:
+            return False
+        palette = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
+        used = np.unique(np.asarray(mask))
+        if used.size == 0 or int(used.max()) >= len(palette):
+            return False
+        colors = palette[used]
+        table = self._color_table()
+        ids = [table.get(int(c[0]) << 16 | int(c[1]) << 8 | int(c[2])) for c in colors]
+        if any(i is None for i in ids):
+            return False
+        if all(i == int(u) for i, u in zip(ids, used)):
+            return False
+        return not all(i == self.config.ignore_index for i in ids)
+
     def _to_label_map(self, mask: Any) -> torch.Tensor:
-        """One mask (label-id PIL/array/tensor, or colour-coded RGB PIL/array) -> ``(H, W)`` int64 tensor."""
+        """One mask (label-id PIL/array/tensor, or colour-coded RGB PIL/array) -> ``(H, W)`` int64 tensor.
+
+        A palette (mode P) PNG is read as colours when the palette entries it uses are the display colours (a
+        colour mask saved as an indexed PNG), else as class ids (see ``_palette_is_label_colors``).
+        """
         if isinstance(mask, PIL.Image.Image):
-            if mask.mode in ("RGB", "RGBA"):
+            if mask.mode in ("RGB", "RGBA") or (mask.mode == "P" and self._palette_is_label_colors(mask)):
                 mask = self.mask_from_colors(mask)
             elif mask.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
                 mask = np.asarray(mask).astype(np.int64)
@@ -578,6 +667,20 @@ class SemFlowPipeline(DiffusionPipeline):
             if unknown:
                 raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}; "
                                  f"got {unknown}.")
+        _check_bound("num_inference_steps", num_inference_steps, self._bound("max_num_inference_steps"),
+                     "the run time grows linearly with the steps (1-25 is the useful range);")
+        if processing_resolution:
+            _check_bound("processing_resolution", processing_resolution, self._bound("max_processing_resolution"),
+                         "memory grows with its square (~2.4 GB per image at 2048 on the shipped model);")
+        _check_bound("num_images_per_mask", num_images_per_mask, self._bound("max_num_images_per_mask"),
+                     "memory grows linearly with it; call again with another generator seed for more, or")
+
+    def _bound(self, attr: str) -> Optional[int]:
+        """The limit ``attr`` (a class attribute), at least the config's own default for the same quantity."""
+        limit = getattr(self, attr)
+        default = {"max_processing_resolution": self.config.default_processing_resolution,
+                   "max_num_inference_steps": self.config.default_num_inference_steps}.get(attr)
+        return None if limit is None else max(int(limit), int(default or 0))
 
     # ------------------------------------------------------------------------------------------ segmentation
     @_grad_free
@@ -1079,6 +1182,16 @@ def default_label_colors(num_classes: int) -> np.ndarray:
 
 def _is_text(x: Any) -> bool:
     return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, str) for v in x))
+
+def _check_bound(name: str, value, limit: Optional[int], why: str) -> None:
+    """Raises a ValueError when ``value`` exceeds ``limit`` (None: unbounded), saying how to raise the bound."""
+    if limit is None or int(value) <= limit:
+        return
+    attr = f"max_{name}"
+    raise ValueError(
+        f"`{name}`={int(value)} is above this pipeline's limit of {limit}: {why} "
+        f"set `pipe.{attr} = {int(value)}` (or `SemFlowPipeline.{attr}` for every pipeline) to allow it deliberately."
+    )
 
 
 def _stack(items: list, output_type: str):

@@ -41,13 +41,14 @@ def main(argv=None) -> None:
     if not os.path.isdir(model) and (model == str(DEFAULT_MODEL) or model.startswith((".", "/"))):
         sys.exit(f"Model folder not found: {model}. Pass --model PATH_OR_REPO_ID or set SEMFLOW_MODEL.")
 
-    from space import CSS, build_demo
+    from space import build_demo, launch_kwargs
 
     try:
         demo = build_demo(model, concurrency_limit=args.concurrency)
     except (OSError, ValueError) as e:  # missing files, unknown repo id offline, not a SemFlow pipeline
         sys.exit(f"Could not load the model {model!r}: {e}")
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, css=CSS)
+    # launch_kwargs: the app's CSS and gradio's max_file_size (uploads above the limit are refused with 413).
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(demo))
 
 
 if __name__ == "__main__":

@@ -1,13 +1,21 @@
-"""Draws the Space's example masks: simple CamVid-style street layouts, made by code (no dataset files).
+"""The Space's examples, all made by the project itself: drawn street layouts and the model's own photos of them.
 
-    python -m space.examples            # (re)writes space/examples/street_*.png (+ *_color.png)
-    python -m space.examples --photos --model checkpoints/semflow-camvid
-                                        # also writes photo_*.png, the model's own synthesis of each layout,
-                                        # used as Segment/Flow examples
+    python -m space.examples                         # masks + photos with checkpoints/semflow-camvid ($SEMFLOW_MODEL)
+    python -m space.examples --model PATH_OR_REPO_ID # after swapping in another SemFlowPipeline checkpoint
+    python -m space.examples --masks-only            # only the drawn layouts (no model needed)
 
-Masks are single-channel PNGs of CamVid class ids at CamVid's 480x360, so they are also valid uploads for the
-"label-id PNG" path of the Synthesize tab. The ``*_color.png`` twins use the SegNet display colours for the
-"colour-coded mask" path.
+Writes into ``space/examples/``:
+
+- ``street_0.png`` .. ``street_3.png``: label-id masks, saved as palette PNGs whose index is the class id and
+  whose palette is the model's display colours, so they are valid label-id uploads *and* look like colour masks
+  in any viewer (a plain grayscale id PNG looks black: ids 0..10 out of 255);
+- ``street_4_color.png`` .. ``street_7_color.png``: colour-coded RGB masks in the display colours;
+- ``photo_0.png`` .. ``photo_3.png``: the model's synthesis of layouts 0..3 (Segment, Edit and Flow examples),
+  with the app's synthesis defaults for that model (``synthesis_num_inference_steps`` /
+  ``synthesis_perturbation`` in its ``model_index.json``, else 25 steps and beta 0.05) and seed = index.
+
+Layouts are CamVid-style street scenes at CamVid's 480x360, drawn by code from class *names* (sky, building,
+road, ...), mapped to the model's ids; no dataset file is used.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ import argparse
 import os
 import random
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -35,7 +44,10 @@ CAMVID_COLORS = np.array(
     ],
     dtype=np.uint8,
 )
-
+ID_LAYOUTS = (0, 1, 2, 3)  # street_<i>.png, palette label ids
+COLOR_LAYOUTS = (4, 5, 6, 7)  # street_<i>_color.png, RGB
+PHOTO_LAYOUTS = (0, 1, 2, 3)  # photo_<j>.png is the synthesis of street_<PHOTO_LAYOUTS[j]>
+SEEDS = (1, 2, 3, 5, 8, 11, 13, 21)  # the drawing seed of layout i
 
 def _car(d: ImageDraw.ImageDraw, x: int, y: int, w: int) -> None:
     """A side-ish view of a car with its bottom-left corner at (x, y)."""
@@ -122,52 +134,82 @@ def colorize(ids: np.ndarray, colors: np.ndarray = CAMVID_COLORS) -> np.ndarray:
     return np.asarray(colors, dtype=np.uint8)[ids]
 
 
-SEEDS = (1, 2, 3, 5)
+def class_ids(class_names: list[str]) -> np.ndarray:
+    """CamVid ids used by the drawer -> the model's ids (by class name). Raises for a model without these classes."""
+    missing = [n for n in CAMVID_CLASSES if n not in class_names]
+    if missing:
+        raise SystemExit(f"The examples are CamVid street layouts; the model has no class(es) {missing} "
+                         f"(its classes: {class_names}).")
+    return np.array([class_names.index(n) for n in CAMVID_CLASSES], dtype=np.uint8)
 
 
-def write_masks(out_dir: Path = EXAMPLES_DIR, seeds=SEEDS) -> list[Path]:
+def palette_png(ids: np.ndarray, colors: np.ndarray, path: Path) -> None:
+    """Label ids as a palette PNG: pixel value = class id, palette entry i = class i's display colour."""
+    pal = np.zeros((256, 3), np.uint8)
+    pal[: len(colors)] = colors
+    im = Image.fromarray(ids.astype(np.uint8), mode="P")
+    im.putpalette(pal.ravel().tolist())
+    im.save(path, optimize=True)
+
+
+def write_masks(out_dir: Path = EXAMPLES_DIR, class_names: Optional[list[str]] = None,
+                colors: Optional[np.ndarray] = None) -> list[Path]:
+    """Draws the layouts; ``class_names`` / ``colors`` (K or K+1 x 3, the ignore colour last) of the model."""
     out_dir.mkdir(parents=True, exist_ok=True)
+    remap = class_ids(class_names) if class_names is not None else np.arange(len(CAMVID_CLASSES), dtype=np.uint8)
+    colors = CAMVID_COLORS if colors is None else np.asarray(colors, np.uint8)
     paths = []
-    for i, seed in enumerate(seeds):
-        ids = draw_street(seed)
-        p = out_dir / f"street_{i}.png"
-        Image.fromarray(ids, mode="L").save(p, optimize=True)
-        Image.fromarray(colorize(ids)).save(out_dir / f"street_{i}_color.png", optimize=True)
+    for i, seed in enumerate(SEEDS):
+        ids = remap[draw_street(seed)]
+        if i in ID_LAYOUTS:
+            p = out_dir / f"street_{i}.png"
+            palette_png(ids, colors, p)
+        else:
+            p = out_dir / f"street_{i}_color.png"
+            Image.fromarray(colorize(ids, colors)).save(p, optimize=True)
         paths.append(p)
     return paths
 
 
-def write_photos(model: str, out_dir: Path = EXAMPLES_DIR, steps: int = 25) -> list[Path]:
-    """The model's own synthesis of each drawn layout: photos for the Segment and Flow examples."""
-    import torch
+def write_photos(model, out_dir: Path = EXAMPLES_DIR) -> list[Path]:
+    """The model's own synthesis of layouts PHOTO_LAYOUTS, with the app's synthesis defaults for that model.
 
-    from semflow_pipeline import SemFlowPipeline
+    ``model``: a SpaceModel, or a pipeline folder / Hub id."""
+    from .model import SpaceModel
 
-    pipe = SemFlowPipeline.from_pretrained(model)
+    m = model if isinstance(model, SpaceModel) else SpaceModel(model)
+    remap = class_ids(m.class_names)
     paths = []
-    for i, mask in enumerate(sorted(out_dir.glob("street_[0-9].png"))):
-        ids = np.asarray(Image.open(mask)).astype(np.int64)
-        img = pipe.synthesize(
-            ids, num_inference_steps=steps, generator=torch.Generator().manual_seed(i), output_type="pil"
-        ).images[0]
-        p = out_dir / f"photo_{i}.png"
+    for j, i in enumerate(PHOTO_LAYOUTS):
+        ids = remap[draw_street(SEEDS[i])].astype(np.int64)
+        img = m.synthesize(ids, m.synthesis_steps, m.synthesis_perturbation, 1, seed=j)[0]
+        p = out_dir / f"photo_{j}.png"
         img.convert("RGB").save(p, optimize=True)
         paths.append(p)
+    print(f"photos: {m.name}, {m.synthesis_steps} steps, beta {m.synthesis_perturbation}")
     return paths
 
 
-def main() -> None:
+def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=EXAMPLES_DIR)
-    ap.add_argument("--photos", action="store_true", help="also synthesize example photos with --model")
-    ap.add_argument("--model", default=os.environ.get("SEMFLOW_MODEL", "checkpoints/semflow-camvid"))
-    ap.add_argument("--steps", type=int, default=25)
-    args = ap.parse_args()
-    for p in write_masks(args.out):
+    ap.add_argument("--model", default=os.environ.get("SEMFLOW_MODEL", "checkpoints/semflow-camvid"),
+                    help="the SemFlowPipeline whose classes, colours and syntheses the examples use")
+    ap.add_argument("--masks-only", action="store_true", help="only draw the layouts (CamVid ids and colours)")
+    args = ap.parse_args(argv)
+    for old in list(args.out.glob("street_*.png")) + list(args.out.glob("photo_*.png")):
+        old.unlink()  # no stale examples from an earlier layout set
+    if args.masks_only:
+        paths = write_masks(args.out)
+    else:
+        from .model import SpaceModel
+
+        m = SpaceModel(args.model)
+        colors = np.concatenate([m.colors, m.ignore_color[None]]) if m.ignore_index == m.num_classes else m.colors
+        paths = write_masks(args.out, m.class_names, colors)
+        paths += write_photos(m, args.out)
+    for p in paths:
         print(p)
-    if args.photos:
-        for p in write_photos(args.model, args.out, args.steps):
-            print(p)
 
 
 if __name__ == "__main__":

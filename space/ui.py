@@ -1,69 +1,119 @@
 """The Gradio Blocks app: Segment, Synthesize, Edit and Flow tabs around one SemFlowPipeline.
 
 Named API endpoints (``gradio_client``): ``/segment``, ``/synthesize`` (uploaded mask), ``/synthesize_canvas``
-(an ImageEditor value), ``/flow``. Every handler turns bad input into ``gr.Error`` with a readable message.
+(an ImageEditor value), ``/edit_predict``, ``/edit_synthesize``, ``/flow``.
+
+Uploads are validated through a supported gradio path: the model events run with ``preprocess=False``, so
+gradio hands each handler the raw payload; the handler lets :class:`space.uploads.UploadGate` decide whether it
+names a file gradio uploaded for this app (or an example), opens it with the checks in ``space.inputs``, and
+checks every number against the limits below. Every failure is a ``gr.Error`` with a readable message.
 """
 
 from __future__ import annotations
 
+import collections
 import functools
 import html
 import logging
+import math
 import os
+import re
+import secrets
+import shutil
 import tempfile
+import threading
 import time
-import types
 from pathlib import Path
 from typing import Optional
 
 import gradio as gr
 import numpy as np
+from gradio.utils import get_upload_folder
 from PIL import Image
 
-from .inputs import InputError, editor_to_ids, load_mask_file, load_photo
-from .model import SpaceModel
+from . import inputs
+from .inputs import (InputError, editor_to_ids, fit_size, load_mask_file, load_photo_fitted, load_rgba,
+                     release_memory, resize_nearest)
+from .model import MAX_FLOW_FRAMES, SpaceModel
+from .ood import OODCheck
+from .uploads import UploadGate, example_files
 
 logger = logging.getLogger("semflow.space")
 
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
-DISPLAY_MAX_SIDE = 2048  # result images shown in the page; the label-id PNG download keeps the input's size
-EDIT_MAX_SIDE = 1024  # the Edit canvas: big enough to paint on, small enough for the browser
-MAX_SAMPLES = 8
-MAX_STEPS = 25
+
+# ------------------------------------------------------------------------------------------------ limits
+# Every request's cost is bounded by these (benchmarks/app_limits.py measures the worst allowed request).
+MAX_UPLOAD_BYTES = inputs.MAX_FILE_BYTES  # gradio's max_file_size (launch) and the handlers' own check
+MAX_PIXELS = inputs.MAX_PIXELS  # decode limit of an upload
+WORK_MAX_SIDE = 1024  # photos are reduced to this long side on load; results are shown at that size
+MASK_MAX_SIDE = 1024  # masks and canvases are reduced (nearest) to this; synthesized images come back at it
+MAX_STEPS = 25  # steps of any one integration
+MAX_SAMPLES = 8  # synthesized images per request
+MAX_SYNTHESIS_CALLS = 100  # samples x network calls per synthesis request
+MAX_FLOW_STEPS = 25  # Flow: steps (frames shown: at most MAX_FLOW_FRAMES per direction)
+SEED_MAX = 2**63 - 1
 CANVAS_SIZE = (480, 360)  # CamVid's frame (W, H)
 
 CSS = """
 .legend table { border-collapse: collapse; font-size: 0.9em; }
-.legend td { padding: 2px 8px; }
-.legend .swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #8888; vertical-align: middle; }
+.legend td, .legend th { padding: 2px 8px; }
+.swatch { display: inline-block; width: 1.1em; height: 1.1em; border: 1px solid #8888; vertical-align: middle; }
+.brush-legend { display: flex; flex-wrap: wrap; gap: 2px 12px; font-size: 0.9em; margin-top: 4px; }
+.brush-legend span.item { white-space: nowrap; }
+.ood-warning { border: 2px solid #d97706; background: #fef3c7; color: #78350f; border-radius: 6px; padding: 6px 10px; }
+.limits { font-size: 0.85em; opacity: 0.85; }
+/* File names of downloads wrap instead of being cut to ".p" on narrow screens. */
+#seg-file table.file-preview { table-layout: fixed; width: 100%; }
+#seg-file td.filename { display: table-cell !important; }
+#seg-file td.filename, #seg-file td.filename span { white-space: normal !important; overflow-wrap: anywhere;
+  word-break: break-all; overflow: visible !important; text-overflow: clip !important; max-width: none !important; }
+#seg-file td.filename span { display: inline !important; }
+#seg-file td.download { width: 6em; white-space: nowrap; }
+/* Flow galleries: every frame visible, no inner scroll hiding the end states. */
+#flow-forward .grid-wrap, #flow-backward .grid-wrap { max-height: none !important; overflow: visible !important; }
 """
 
 
-def _raw_path_preprocess(self, payload):
-    """Hands the raw uploaded file path to the handler, which validates the file itself.
-
-    ``gr.Image`` opens the file with PIL while preprocessing, so a non-image or corrupt upload would fail before
-    our code runs, with a message the user cannot act on.
-    """
-    if payload is None:
-        return None
-    if payload.path:
-        return str(payload.path)
-    try:  # base64 data URL (clipboard paste): let gradio decode it, but never with a traceback
-        return gr.Image.preprocess(self, payload)
-    except Exception as e:  # noqa: BLE001
-        raise gr.Error(f"Could not read the pasted image ({e}).")
+# The brush palette closes itself once a colour is picked (as a click outside it would), so the next stroke
+# paints instead of only closing the palette.
+JS = """
+() => {
+  document.addEventListener('click', (e) => {
+    const swatch = e.target.closest && e.target.closest('.semflow-canvas menu.swatch button.color');
+    if (!swatch) return;
+    setTimeout(() => document.body.dispatchEvent(new MouseEvent('mousedown', {bubbles: true})), 60);
+  }, true);
+}
+"""
 
 
-def _upload(**kwargs) -> gr.Image:
-    """An image upload whose handler receives the file path unopened (see _raw_path_preprocess).
+def palette_css(class_names: list[str]) -> str:
+    """Class names next to the brush colours in the ImageEditor's palette (CSS only: one rule per swatch)."""
+    rules = [
+        ".semflow-canvas .wrap.padded:has(menu.swatch), .semflow-canvas .swatch-wrap, "
+        ".semflow-canvas .swatch-container { height: auto !important; width: max-content !important; "
+        "max-width: none !important; overflow: visible !important; justify-content: flex-start !important; }",
+        ".semflow-canvas menu.swatch { display: grid !important; grid-template-columns: repeat(3, max-content); "
+        "gap: 4px 4px; height: auto !important; width: auto !important; overflow: visible !important; "
+        "background: var(--background-fill-primary); padding: 4px !important; }",
+        ".semflow-canvas menu.swatch button.color { position: relative; overflow: visible !important; "
+        "margin-right: 7.8em !important; }",
+        ".semflow-canvas menu.swatch button.color::after { position: absolute; left: calc(100% + 4px); top: 50%; "
+        "transform: translateY(-50%); white-space: nowrap; font-size: 12px; color: var(--body-text-color); "
+        "pointer-events: none; }",
+    ]
+    for i, name in enumerate(class_names):
+        label = f"{i} {name}".replace("\\", "").replace('"', "")
+        rules.append(f'.semflow-canvas menu.swatch button.color:nth-child({i + 1})::after {{ content: "{label}"; }}')
+    return "\n".join(rules)
 
-    Patched on the instance rather than subclassed: gradio writes a .pyi stub next to the module of every
-    Component subclass, and the browser side stays the stock Image component either way.
-    """
-    image = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"], **kwargs)
-    image.preprocess = types.MethodType(_raw_path_preprocess, image)
-    return image
+
+def launch_kwargs(demo: Optional[gr.Blocks] = None) -> dict:
+    """Arguments for ``demo.launch`` that belong to the app: its CSS (with the model's class names in the brush
+    palette, which ``build_demo`` stores on the demo), its JS and the upload size limit (gradio's
+    ``max_file_size``: larger uploads are refused with HTTP 413 before they reach the disk)."""
+    return dict(css=getattr(demo, "semflow_css", CSS), js=JS, max_file_size=MAX_UPLOAD_BYTES)
 
 
 def user_errors(fn):
@@ -81,74 +131,140 @@ def user_errors(fn):
             raise gr.Error("Out of memory: try a smaller image or fewer samples.") from None
         except Exception as e:  # noqa: BLE001 - a demo must answer, not crash
             logger.exception("unexpected error in %s", fn.__name__)
-            raise gr.Error(f"Internal error ({type(e).__name__}: {e}). The app keeps running; try again.") from None
+            raise gr.Error(f"Internal error ({type(e).__name__}). The app keeps running; try again.") from None
 
     return wrapper
 
 
-def _progress_fn(progress: Optional[gr.Progress], desc: str):
+def _progress_fn(progress, desc: str):
     if progress is None:
         return None
     return lambda i, n: progress((i, n), desc=desc, unit="network calls")
 
 
-def _display(im: Image.Image) -> Image.Image:
-    """Results for the page: at most DISPLAY_MAX_SIDE on the long edge (huge inputs stay responsive)."""
-    w, h = im.size
-    s = DISPLAY_MAX_SIDE / max(w, h)
-    if s >= 1:
-        return im
-    return im.resize((max(1, round(w * s)), max(1, round(h * s))), Image.NEAREST if im.mode == "P" else Image.BILINEAR)
+# ---------------------------------------------------------------------------------------- number inputs
+def _number(value, name: str) -> float:
+    if isinstance(value, bool) or value is None or isinstance(value, (list, dict)):
+        raise InputError(f"{name} must be a number; got {value!r}.")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a number; got {str(value)[:40]!r}.") from None
+    if not math.isfinite(x):
+        raise InputError(f"{name} must be a finite number; got {value!r}.")
+    return x
 
 
-_TMP = Path(tempfile.gettempdir()) / "semflow-space"
+def _int(value, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        x = value  # exact, also beyond float precision
+    else:
+        f = _number(value, name)
+        x = int(f) if f == math.floor(f) else None
+    if x is None or not lo <= x <= hi:
+        raise InputError(f"{name} must be a whole number from {lo} to {hi}; got {value!r}.")
+    return x
+
+
+def _float(value, name: str, lo: float, hi: float) -> float:
+    x = _number(value, name)
+    if not lo <= x <= hi:
+        raise InputError(f"{name} must be between {lo:g} and {hi:g}; got {value!r}.")
+    return x
+
+
+# ------------------------------------------------------------------------------------------ output files
 _last_cleanup = [0.0]
 
 
-def _tmp_png(stem: str) -> str:
-    _TMP.mkdir(parents=True, exist_ok=True)
+def _out_dir() -> Path:
+    """Our output files live inside gradio's cache folder: gradio then serves them as they are, without hashing
+    and copying each one into its cache (a large part of a fast request's time); gradio's ``delete_cache`` and
+    the sweep below remove them after an hour."""
+    return Path(get_upload_folder()) / "semflow-outputs"
+
+
+def _swept_out_dir() -> Path:
+    out = _out_dir()
+    out.mkdir(parents=True, exist_ok=True)
     now = time.time()
-    if now - _last_cleanup[0] > 300:  # gradio copies outputs into its own cache, so ours can go after a while
+    if now - _last_cleanup[0] > 300:
         _last_cleanup[0] = now
-        for old in _TMP.glob("*.png"):
+        for old in out.glob("*"):
             try:
                 if now - old.stat().st_mtime > 3600:
-                    old.unlink()
+                    shutil.rmtree(old) if old.is_dir() else old.unlink()
             except OSError:
                 pass
-    fd, path = tempfile.mkstemp(prefix=f"{stem}_", suffix=".png", dir=_TMP)
+    return out
+
+
+def _tmp_path(stem: str, suffix: str = ".png") -> str:
+    fd, path = tempfile.mkstemp(prefix=f"{stem}_", suffix=suffix, dir=_swept_out_dir())
     os.close(fd)
     return path
 
 
-def _file(im: Image.Image, stem: str = "image") -> str:
-    """An output image as a PNG file of our own.
+def _file(im: Image.Image | np.ndarray, stem: str = "image", jpeg: bool = False) -> str:
+    """An output image as a file of our own (PNG, lossless; or JPEG for photo-like views, 5-10x faster to write).
 
     Returning paths rather than PIL images matters under concurrency: gradio caches PIL outputs by content
     hash and rewrites the cached file in place, so two requests with identical outputs (the same photo
-    segmented twice at once) can serve each other a half-written file. File outputs are copied into the cache
-    atomically.
+    segmented twice at once) can serve each other a half-written file. Our files have unique names.
     """
-    path = _tmp_png(stem)
-    im.save(path, compress_level=1)  # fast; these are served once
+    if isinstance(im, np.ndarray):
+        im = Image.fromarray(im)
+    if jpeg:
+        path = _tmp_path(stem, ".jpg")
+        im.save(path, quality=90)
+    else:
+        path = _tmp_path(stem)
+        im.save(path, compress_level=1)  # fast; these are served once
     return path
 
 
-def _label_png(labels: np.ndarray, stem: str) -> str:
-    """The raw label ids as a single-channel PNG (8-bit, 16-bit if K > 256) at the input's size."""
-    path = _tmp_png(f"{stem}_labels")
-    arr = labels.astype(np.uint8) if labels.max(initial=0) < 256 else labels.astype(np.uint16)
-    Image.fromarray(arr).save(path)
+def _label_path(stem: str) -> str:
+    """``<upload's name>_labels.png`` in a folder of its own, so a download keeps that clean name."""
+    return os.path.join(tempfile.mkdtemp(prefix="labels_", dir=_swept_out_dir()), f"{stem}_labels.png")
+
+
+def _label_map_png(labels: np.ndarray, size: tuple[int, int], stem: str, palette: np.ndarray) -> str:
+    """The label map as a palette PNG at ``size`` (the upload's size): pixel value = class id, palette = the
+    legend's colours. One file that shows in colour and reads back as ids (``np.asarray(Image.open(path))``)."""
+    path = _label_path(stem)
+    im = Image.fromarray(labels.astype(np.uint8), mode="P")
+    pal = np.zeros((256, 3), np.uint8)
+    pal[: len(palette)] = palette
+    im.putpalette(pal.ravel().tolist())
+    if im.size != tuple(size):
+        im = im.resize(size, Image.NEAREST)
+    im.save(path, compress_level=1)
     return path
+
+
+def _label_png16(labels: np.ndarray, size: tuple[int, int], stem: str) -> str:
+    """Label ids as a 16-bit single-channel PNG at ``size`` (models with more than 256 ids)."""
+    path = _label_path(stem)
+    im = Image.fromarray(labels.astype(np.uint16))
+    if im.size != tuple(size):
+        im = im.resize(size, Image.NEAREST)
+    im.save(path, compress_level=1)
+    return path
+
+
+def _stem(payload) -> str:
+    name = payload.get("orig_name") if isinstance(payload, dict) else None
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(str(name or "image")).stem)[:40].strip("_")
+    return stem or "image"
 
 
 def legend_html(model: SpaceModel, labels: Optional[np.ndarray] = None) -> str:
-    """Class names and colours; with ``labels``, each class's share of the image, largest first."""
+    """Class names and colours (and void, black in masks); with ``labels``, each class's share, largest first."""
     k = model.num_classes
     shares = None
     if labels is not None:
-        counts = np.bincount(labels.ravel().clip(0, k), minlength=k + 1)[:k]
-        shares = counts / max(1, labels.size)
+        counts = np.bincount(np.asarray(labels).ravel().clip(0, k), minlength=k + 1)[:k]
+        shares = counts / max(1, np.asarray(labels).size)
     order = np.argsort(-shares, kind="stable") if shares is not None else range(k)
     rows = []
     for i in order:
@@ -158,154 +274,305 @@ def legend_html(model: SpaceModel, labels: Optional[np.ndarray] = None) -> str:
             f"<tr><td><span class='swatch' style='background:rgb({r},{g},{b})'></span></td>"
             f"<td>{i}</td><td>{html.escape(model.class_names[i])}</td><td><code>#{r:02x}{g:02x}{b:02x}</code></td>{share}</tr>"
         )
+    if model.ignore_index is not None:
+        r, g, b = (int(c) for c in model.ignore_color)
+        rows.append(
+            f"<tr class='void'><td><span class='swatch' style='background:rgb({r},{g},{b})'></span></td>"
+            f"<td>{model.ignore_index}</td><td>void (not a class; never predicted)</td>"
+            f"<td><code>#{r:02x}{g:02x}{b:02x}</code></td>{'<td></td>' if shares is not None else ''}</tr>"
+        )
     head = "<tr><th></th><th>id</th><th>class</th><th>colour</th>" + ("<th>share</th>" if shares is not None else "") + "</tr>"
     return f"<div class='legend'><table>{head}{''.join(rows)}</table></div>"
 
 
-def _blend(photo: np.ndarray, colors: np.ndarray, opacity: float) -> Image.Image:
+def brush_legend_html(model: SpaceModel) -> str:
+    """A compact strip of brush colours with their class names, for right under a canvas."""
+    items = "".join(
+        f"<span class='item'><span class='swatch' style='background:rgb({r},{g},{b})'></span> {i} "
+        f"{html.escape(n)}</span>"
+        for i, (n, (r, g, b)) in enumerate(zip(model.class_names, model.colors.tolist()))
+    )
+    return f"<div class='brush-legend' title='brush colours'>{items}</div>"
+
+
+def _note_html(warning: Optional[str]) -> str:
+    return f"<div class='ood-warning'>⚠ {html.escape(warning)}</div>" if warning else ""
+
+
+def _blend(photo: np.ndarray, colors: np.ndarray, opacity: float) -> np.ndarray:
     a = float(np.clip(opacity, 0.0, 1.0))
-    return Image.fromarray(((1 - a) * photo.astype(np.float32) + a * colors.astype(np.float32)).round().astype(np.uint8))
+    out = photo.astype(np.float32) * (1 - a)
+    out += colors.astype(np.float32) * a
+    return np.rint(out, out=out).astype(np.uint8)
 
 
-def _confidence_image(conf: np.ndarray) -> Image.Image:
+def _confidence_image(conf: np.ndarray) -> np.ndarray:
     """Confidence in [0, 1] as a dark-to-bright heat map (low confidence = dark red, high = pale yellow)."""
-    c = np.clip(conf, 0, 1)
-    rgb = np.stack([np.clip(c * 2.0, 0, 1), np.clip(c * 2.0 - 0.6, 0, 1), np.clip(c * 3.0 - 2.2, 0, 1)], axis=-1)
-    return Image.fromarray((rgb * 255).round().astype(np.uint8))
+    c = np.clip(conf, 0, 1).astype(np.float32)
+    rgb = np.empty(c.shape + (3,), np.uint8)
+    rgb[..., 0] = np.clip(c * 510.0, 0, 255)
+    rgb[..., 1] = np.clip(c * 510.0 - 153.0, 0, 255)
+    rgb[..., 2] = np.clip(c * 765.0 - 561.0, 0, 255)
+    return rgb
 
 
-def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: int = 64) -> gr.Blocks:
+class _Overlays:
+    """The last few segmentations' photo and colour map, for re-blending the overlay (bounded memory)."""
+
+    def __init__(self, capacity: int = 32):
+        self.capacity = capacity
+        self._items: collections.OrderedDict[str, tuple[np.ndarray, np.ndarray]] = collections.OrderedDict()
+        self._lock = threading.Lock()
+
+    def put(self, photo: np.ndarray, colors: np.ndarray) -> str:
+        key = secrets.token_hex(8)
+        with self._lock:
+            self._items[key] = (photo, colors)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+        return key
+
+    def get(self, key) -> Optional[tuple[np.ndarray, np.ndarray]]:
+        with self._lock:
+            return self._items.get(key) if isinstance(key, str) else None
+
+
+def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: int = 64, warmup: bool = True,
+               ood_file: Optional[os.PathLike | str] = None) -> gr.Blocks:
     """The whole app. ``model`` is a SpaceModel, a pipeline, or a path / Hub repo id."""
     if not isinstance(model, SpaceModel):
         model = SpaceModel(model)
+    if warmup:
+        t0 = time.perf_counter()
+        model.warmup()
+        logger.info("model warmed up in %.1f s", time.perf_counter() - t0)
     k = model.num_classes
     hex_colors = model.hex_colors()
-    beta_max = round(model.max_perturbation, 4)
-    beta_default = min(0.05, beta_max)
+    beta_max = model.beta_max
     class_choices = [(f"{i}: {n}", i) for i, n in enumerate(model.class_names)]
+    work_side = max(WORK_MAX_SIDE, model.processing_resolution)
+    display_colors = np.concatenate([model.colors, model.ignore_color[None]])
+    # Label ids fit a palette PNG (index = id, palette = legend colours) unless the model has over 256 ids.
+    palette_ids = k <= 256 and (model.ignore_index is None or model.ignore_index < 256)
+    label_palette = np.zeros((256, 3), np.uint8)
+    label_palette[:k] = model.colors[:256]
+    if palette_ids and model.ignore_index is not None:
+        label_palette[model.ignore_index] = model.ignore_color
+    ood = OODCheck.load(model.fingerprint(), **({"path": ood_file} if ood_file else {}))
+    overlays = _Overlays()
+    demo_ref: list[gr.Blocks] = []
+    gate = UploadGate(lambda: demo_ref[0].upload_file_set, get_upload_folder(), example_files(EXAMPLES_DIR),
+                      MAX_UPLOAD_BYTES)
 
     # ------------------------------------------------------------------------------------------- handlers
-    @user_errors
-    def segment(photo_path, steps, opacity, progress=gr.Progress()):
-        if photo_path is None:
-            raise InputError("Upload a photo first.")
-        photo = load_photo(photo_path)
-        seg = model.segment(photo, int(steps), _progress_fn(progress, "Segmenting"))
-        shown = _display(photo)
-        colors_full = model.colorize(seg.labels)
-        color_map = _display(Image.fromarray(colors_full))
-        colors = np.asarray(color_map.resize(shown.size, Image.NEAREST))
-        overlay = _blend(np.asarray(shown), colors, opacity)
-        conf = _display(_confidence_image(seg.confidence))
-        stem = Path(photo_path).stem[:40] or "image"
-        state = {"photo": np.asarray(shown), "colors": colors}
-        return (_file(color_map, "labelmap"), _file(overlay, "overlay"), _file(conf, "confidence"),
-                legend_html(model, seg.labels), _label_png(seg.labels, stem), state)
+    def _photo(payload, what="photo"):
+        path = gate.file(payload, what)
+        if path is None:
+            raise InputError(f"Upload a {what} first.")
+        img, full_size = load_photo_fitted(path, work_side)
+        if full_size[0] * full_size[1] > 4 * img.size[0] * img.size[1]:
+            release_memory()  # the full-size decode is gone: return its memory
+        return img, full_size
 
-    def reblend(state, opacity):
-        if not state:
+    def _steps(value, name="Steps", hi=MAX_STEPS):
+        return _int(value, name, 1, hi)
+
+    @user_errors
+    def segment(photo, steps, opacity, progress=gr.Progress()):
+        steps = _steps(steps)
+        opacity = _float(opacity, "Overlay opacity", 0.0, 1.0)
+        img, full_size = _photo(photo)
+        seg = model.segment(img, steps, _progress_fn(progress, "Segmenting"))
+        labels = seg.labels.astype(np.uint8) if palette_ids else seg.labels
+        colors = model.colorize(labels)
+        arr = np.asarray(img)
+        key = overlays.put(arr, colors)
+        warning = ood.check(seg.confidence, steps)
+        overlay = _file(_blend(arr, colors, opacity), "overlay", jpeg=True)
+        confidence = _file(_confidence_image(seg.confidence), "confidence", jpeg=True)
+        if palette_ids:  # one file: the colour label map *is* the label-id PNG, at the upload's size
+            return (_label_map_png(labels, full_size, _stem(photo), label_palette), overlay, confidence,
+                    legend_html(model, labels), _note_html(warning), key)
+        return (_file(colors, "labelmap"), overlay, confidence, legend_html(model, labels), _note_html(warning),
+                key, _label_png16(labels, full_size, _stem(photo)))
+
+    def reblend(key, opacity):
+        item = overlays.get(key)
+        try:
+            a = _float(opacity, "Overlay opacity", 0.0, 1.0)
+        except InputError:
             return gr.skip()
-        return _file(_blend(state["photo"], state["colors"], opacity), "overlay")
+        if item is None:
+            return gr.skip()
+        return _file(_blend(item[0], item[1], a), "overlay", jpeg=True)
 
-    def _synth(ids_or_colors, steps, beta, n, seed, progress, what="Synthesizing"):
-        n = int(n)
-        if not 1 <= n <= MAX_SAMPLES:
-            raise InputError(f"Number of samples must be between 1 and {MAX_SAMPLES}; got {n}.")
-        ids = model.labels_from_mask(ids_or_colors)
-        images = model.synthesize(ids, int(steps), float(beta), n, int(seed or 0), _progress_fn(progress, what))
-        gallery = [(_file(im, "sample"), f"seed {int(seed or 0)}, sample {i + 1}") for i, im in enumerate(images)]
-        return gallery, _file(Image.fromarray(model.colorize(ids)), "mask")
+    def _synth_args(steps, beta, n, seed) -> tuple[int, float, int, int]:
+        """Checked before any file is read: a request over the limits costs nothing."""
+        steps = _steps(steps)
+        beta = _float(beta, "Perturbation β", 0.0, beta_max)
+        n = _int(n, "Number of samples", 1, MAX_SAMPLES)
+        seed = _int(seed if seed not in (None, "") else 0, "Seed", 0, SEED_MAX)
+        calls = n * model.num_calls(steps)
+        if calls > MAX_SYNTHESIS_CALLS:
+            raise InputError(f"That is {n} samples x {model.num_calls(steps)} network calls = {calls}; the limit is "
+                             f"{MAX_SYNTHESIS_CALLS} per request. Use fewer samples or steps.")
+        return steps, beta, n, seed
+
+    def _synth(ids, args, progress, what="Synthesizing"):
+        steps, beta, n, seed = args
+        images = model.synthesize(ids, steps, beta, n, seed, _progress_fn(progress, what))
+        gallery = [(_file(im, "sample"), f"seed {seed}, sample {i + 1}") for i, im in enumerate(images)]
+        return gallery, _file(model.colorize(ids), "mask")
+
+    def _mask_ids(payload):
+        path = gate.file(payload, "mask")
+        if path is None:
+            raise InputError("Upload a mask first: a label-id PNG or a colour-coded mask in the legend's colours.")
+        kind, mask = load_mask_file(path, MASK_MAX_SIDE, label_colors=display_colors)
+        release_memory()
+        return model.labels_from_mask(kind, mask)
 
     @user_errors
-    def synthesize(mask_path, steps, perturbation, seed, num_samples, progress=gr.Progress()):
-        if mask_path is None:
-            raise InputError("Upload a mask first: a label-id PNG or a colour-coded mask in the legend's colours.")
-        kind, mask = load_mask_file(mask_path)
-        return _synth(mask, steps, perturbation, num_samples, seed, progress)
+    def synthesize(mask, steps, perturbation, seed, num_samples, progress=gr.Progress()):
+        args = _synth_args(steps, perturbation, num_samples, seed)
+        return _synth(_mask_ids(mask), args, progress)
+
+    def preview_mask(mask):
+        """The uploaded mask in the legend's colours (a label-id PNG looks black as is). Problems with the file
+        are reported once, when Synthesize is clicked."""
+        if mask is None:
+            return None
+        try:
+            return _file(model.colorize(_mask_ids(mask)), "mask")
+        except Exception:  # noqa: BLE001
+            return None
+
+    def _editor_arrays(payload) -> dict:
+        files = gate.editor(payload)
+        out, target = {"background": None, "layers": [], "composite": None}, None
+
+        def load(path):
+            nonlocal target
+            arr = load_rgba(path)
+            if target is None:
+                target = fit_size(arr.shape[1::-1], MASK_MAX_SIDE)
+            return resize_nearest(arr, target)
+
+        if files["background"] is not None:
+            out["background"] = load(files["background"])
+        out["layers"] = [load(p) for p in files["layers"]]
+        if files["composite"] is not None:
+            out["composite"] = load(files["composite"])
+        release_memory()
+        return out
 
     @user_errors
     def synthesize_canvas(editor, background_class, steps, perturbation, seed, num_samples, progress=gr.Progress()):
-        ids = editor_to_ids(editor, model.colors, int(background_class))
-        return _synth(ids, steps, perturbation, num_samples, seed, progress)
+        bg = _int(background_class, "Background class", 0, k - 1)
+        args = _synth_args(steps, perturbation, num_samples, seed)
+        ids = editor_to_ids(_editor_arrays(editor), model.colors, bg)
+        return _synth(ids, args, progress)
 
     @user_errors
-    def edit_predict(photo_path, steps, progress=gr.Progress()):
-        if photo_path is None:
-            raise InputError("Upload a photo first.")
-        photo = load_photo(photo_path)
-        w, h = photo.size
-        s = min(1.0, EDIT_MAX_SIDE / max(w, h))
-        if s < 1:
-            photo = photo.resize((max(1, round(w * s)), max(1, round(h * s))), Image.BILINEAR)
-        seg = model.segment(photo, int(steps), _progress_fn(progress, "Predicting the mask"))
-        mask = _file(Image.fromarray(model.colorize(seg.labels)), "mask")
-        return {"background": mask, "layers": [], "composite": mask}, _file(photo, "photo")
+    def edit_predict(photo, steps, progress=gr.Progress()):
+        steps = _steps(steps, "Segmentation steps")
+        img, _ = _photo(photo)
+        seg = model.segment(img, steps, _progress_fn(progress, "Predicting the mask"))
+        warning = ood.check(seg.confidence, steps)
+        if warning:
+            gr.Warning(warning)
+        mask = _file(model.colorize(seg.labels), "mask")
+        return {"background": mask, "layers": [], "composite": mask}, _file(img, "photo")
 
     @user_errors
     def edit_synthesize(editor, steps, perturbation, seed, num_samples, progress=gr.Progress()):
-        if not editor or editor.get("background") is None:
+        args = _synth_args(steps, perturbation, num_samples, seed)
+        value = _editor_arrays(editor)
+        if value["background"] is None:
             raise InputError("Predict a mask from a photo first (step 1), then repaint it.")
-        ids = editor_to_ids(editor, model.colors, 0)
-        return _synth(ids, steps, perturbation, num_samples, seed, progress)
+        ids = editor_to_ids(value, model.colors, 0)
+        return _synth(ids, args, progress)
 
     @user_errors
-    def flow(photo_path, steps, progress=gr.Progress()):
-        if photo_path is None:
-            raise InputError("Upload a photo first.")
-        photo = load_photo(photo_path)
-        forward, backward = model.flow(photo, int(steps), _progress_fn(progress, "Integrating the ODE"))
+    def flow(photo, steps, progress=gr.Progress()):
+        steps = _steps(steps, "Steps", MAX_FLOW_STEPS)
+        img, _ = _photo(photo)
+        forward, backward = model.flow(img, steps, _progress_fn(progress, "Integrating the ODE"))
         return ([(_file(im, "flow"), c) for im, c in forward], [(_file(im, "flow"), c) for im, c in backward])
 
     # ---------------------------------------------------------------------------------------------- layout
     def synthesis_settings(prefix: str):
         with gr.Row():
-            steps = gr.Slider(1, MAX_STEPS, value=model.default_steps, step=1, label="Steps (Euler)",
-                              elem_id=f"{prefix}-steps")
-            beta = gr.Slider(0.0, beta_max, value=beta_default, step=0.005, label="Perturbation β (variety)",
-                             info=f"U(-β, β) added to the mask; at most {beta_max} so no pixel changes class",
+            steps = gr.Slider(1, MAX_STEPS, value=min(model.synthesis_steps, MAX_STEPS), step=1,
+                              label="Steps (Euler)", elem_id=f"{prefix}-steps")
+            beta = gr.Slider(0.0, beta_max, value=model.synthesis_perturbation, step=0.001,
+                             label="Perturbation β (variety)",
+                             info=f"U(-β, β) added to the mask; at most {beta_max:.3f} so no pixel changes class",
                              elem_id=f"{prefix}-beta")
         with gr.Row():
-            seed = gr.Number(value=0, precision=0, label="Seed", elem_id=f"{prefix}-seed")
-            n = gr.Slider(1, MAX_SAMPLES, value=2, step=1, label="Samples", elem_id=f"{prefix}-n")
+            seed = gr.Number(value=0, precision=0, minimum=0, label="Seed", elem_id=f"{prefix}-seed")
+            n = gr.Slider(1, MAX_SAMPLES, value=2, step=1, label="Samples", elem_id=f"{prefix}-n",
+                          info=f"samples x steps at most {MAX_SYNTHESIS_CALLS}")
         return steps, beta, seed, n
 
-    def mask_examples(kind: str) -> list[str]:
-        pattern = "street_[0-9]_color.png" if kind == "color" else "street_[0-9].png"
-        return [str(p) for p in sorted(EXAMPLES_DIR.glob(pattern))]
-
-    photo_examples = [str(p) for p in sorted(EXAMPLES_DIR.glob("photo_*.png"))]
+    id_examples = [str(p) for p in sorted(EXAMPLES_DIR.glob("street_[0-9].png"))]
+    color_examples = [str(p) for p in sorted(EXAMPLES_DIR.glob("street_[0-9]_color.png"))]
+    photo_examples = [str(p) for p in sorted(EXAMPLES_DIR.glob("photo_[0-9].png"))]
     legend = legend_html(model)
+    domain = ood.calibration.get("domain") if ood.calibrated else None
+    domain = f"**Domain:** {html.escape(domain)}; " if domain else "**Domain:** "
+    limits = (f"Limits: uploads up to {MAX_UPLOAD_BYTES // 2**20} MB and {MAX_PIXELS // 10**6} megapixels; photos are "
+              f"processed and shown at up to {work_side} px (the model itself works at "
+              f"{model.processing_resolution} px; the label-id PNG comes back at the upload's size); masks and "
+              f"synthesized images up to {MASK_MAX_SIDE} px; at most {MAX_STEPS} steps, {MAX_SAMPLES} samples and "
+              f"{MAX_SYNTHESIS_CALLS} network calls (samples x steps) per request; Flow shows at most "
+              f"{MAX_FLOW_FRAMES} frames per direction.")
 
     with gr.Blocks(title="SemFlow: segmentation and synthesis with one flow", delete_cache=(1800, 3600)) as demo:
+        demo_ref.append(demo)
         gr.Markdown(
             "# SemFlow\nOne rectified-flow ODE between photos (t = 0) and semantic masks (t = 1): integrate "
-            "forward to **segment**, backward from a slightly perturbed mask to **synthesize**. "
-            f"Model: `{html.escape(model.source)}` ({k} classes)."
+            "forward to **segment**, backward from a slightly perturbed mask to **synthesize**.\n\n"
+            f"**Model:** `{html.escape(model.name)}`, {k} classes: {html.escape(', '.join(model.class_names))}. "
+            f"{domain}the model only knows these classes in scenes like its training data; "
+            f"{ood.describe()}.",
+            elem_id="header",
         )
+        gr.Markdown(limits, elem_classes=["limits"], elem_id="limits")
         with gr.Tabs():
             # ------------------------------------------------------------------------------------ Segment
             with gr.Tab("Segment", id="segment"):
                 with gr.Row():
                     with gr.Column(scale=1):
-                        seg_in = _upload(label="Photo", elem_id="seg-input")
+                        seg_in = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                          label="Photo", elem_id="seg-input")
                         seg_steps = gr.Slider(1, MAX_STEPS, value=model.default_steps, step=1, label="Steps",
                                               info="1 step is one network call; more steps follow the ODE's curve",
                                               elem_id="seg-steps")
                         seg_btn = gr.Button("Segment", variant="primary", elem_id="seg-run")
                         if photo_examples:
-                            gr.Examples(photo_examples, inputs=[seg_in], label="Photos synthesized by the model")
+                            gr.Examples(photo_examples, inputs=[seg_in], label="Photos synthesized by the model",
+                                        elem_id="seg-examples")
                         seg_legend = gr.HTML(legend, label="Legend", elem_id="seg-legend")
                     with gr.Column(scale=2):
+                        seg_note = gr.HTML("", elem_id="seg-note")
                         with gr.Row():
-                            seg_map = gr.Image(label="Label map", format="png", interactive=False, elem_id="seg-map")
-                            seg_overlay = gr.Image(label="Overlay", interactive=False, elem_id="seg-overlay")
+                            seg_map = gr.Image(label="Label map (class-id PNG)" if palette_ids else "Label map",
+                                               format="png", interactive=False, elem_id="seg-map")
+                            seg_overlay = gr.Image(label="Overlay", interactive=False,
+                                                   elem_id="seg-overlay")
+                        if palette_ids:
+                            gr.Markdown("The label map's pixel values are the class ids (its palette is the legend's "
+                                        "colours), at the photo's full size: download it with ⇣ for the label ids.",
+                                        elem_classes=["limits"], elem_id="seg-map-note")
                         seg_opacity = gr.Slider(0, 1, value=0.5, step=0.05, label="Overlay opacity",
                                                 elem_id="seg-opacity")
                         with gr.Row():
                             seg_conf = gr.Image(label="Confidence (dark = unsure)", interactive=False,
                                                 elem_id="seg-conf")
-                            seg_file = gr.File(label="Label-id PNG (class id per pixel, input size)",
-                                               interactive=False, elem_id="seg-file")
+                            seg_file = None if palette_ids else gr.File(
+                                label="Label-id PNG (16-bit class id per pixel, input size)", interactive=False,
+                                elem_id="seg-file")
                 seg_state = gr.State()
 
             # --------------------------------------------------------------------------------- Synthesize
@@ -314,13 +581,13 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                     with gr.Column(scale=1):
                         with gr.Tabs():
                             with gr.Tab("Upload a mask", id="upload"):
-                                syn_in = _upload(
-                                    label="Mask: single-channel label-id PNG, or colours from the legend",
-                                    elem_id="syn-input",
+                                syn_in = gr.Image(
+                                    type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                    label="Mask: label-id PNG, or colours from the legend", elem_id="syn-input",
                                 )
                                 syn_btn = gr.Button("Synthesize", variant="primary", elem_id="syn-run")
-                                gr.Examples(mask_examples("ids") + mask_examples("color"), inputs=[syn_in],
-                                            label="Drawn street layouts (label ids, then colour-coded)")
+                                gr.Examples(id_examples + color_examples, inputs=[syn_in], elem_id="syn-examples",
+                                            label="Drawn street layouts (label-id palette PNGs, then RGB colour masks)")
                             with gr.Tab("Paint a mask", id="paint"):
                                 canvas = gr.ImageEditor(
                                     label="Paint with one brush per class; unpainted = background class",
@@ -328,82 +595,114 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                     canvas_size=CANVAS_SIZE, transforms=[], layers=False,
                                     brush=gr.Brush(colors=hex_colors, default_color=hex_colors[0],
                                                    color_mode="fixed", default_size=12),
-                                    elem_id="syn-canvas",
+                                    elem_id="syn-canvas", elem_classes=["semflow-canvas"],
                                 )
+                                gr.HTML(brush_legend_html(model), elem_id="syn-brush-legend")
                                 canvas_bg = gr.Dropdown(class_choices, value=0, label="Background class (unpainted)",
                                                         elem_id="syn-bg")
                                 canvas_btn = gr.Button("Synthesize from canvas", variant="primary",
                                                        elem_id="syn-canvas-run")
                         syn_steps, syn_beta, syn_seed, syn_n = synthesis_settings("syn")
-                        gr.HTML(legend)
+                        gr.HTML(legend, elem_id="syn-legend")
                     with gr.Column(scale=1):
-                        syn_gallery = gr.Gallery(label="Samples", columns=2, format="png", elem_id="syn-gallery")
-                        syn_mask = gr.Image(label="Mask used", format="png", interactive=False, elem_id="syn-mask")
+                        syn_gallery = gr.Gallery(label="Samples", columns=2, height="auto", object_fit="contain",
+                                                 format="png", elem_id="syn-gallery")
+                        syn_mask = gr.Image(label="Mask (colour-coded)", format="png", interactive=False,
+                                            elem_id="syn-mask")
 
             # --------------------------------------------------------------------------------------- Edit
             with gr.Tab("Edit", id="edit"):
-                gr.Markdown("1. Upload a photo and predict its mask. 2. Repaint regions with the class brushes "
-                            "(e.g. turn road into pavement, add a car). 3. Synthesize a new photo with that layout.")
+                gr.Markdown("**1.** Upload a photo and predict its mask. **2.** Repaint regions on the mask with the "
+                            "class brushes (e.g. turn road into pavement, add a car). **3.** Synthesize new photos "
+                            "with that layout.")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        edit_in = _upload(label="Photo", elem_id="edit-input")
+                        edit_in = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                           label="Photo", elem_id="edit-input")
                         edit_seg_steps = gr.Slider(1, MAX_STEPS, value=model.default_steps, step=1,
                                                    label="Segmentation steps")
                         edit_predict_btn = gr.Button("1. Predict mask", elem_id="edit-predict")
                         if photo_examples:
-                            gr.Examples(photo_examples, inputs=[edit_in])
+                            gr.Examples(photo_examples, inputs=[edit_in], elem_id="edit-examples")
                         edit_photo = gr.Image(label="Photo (as segmented)", interactive=False, elem_id="edit-photo")
                     with gr.Column(scale=2):
                         edit_canvas = gr.ImageEditor(
-                            label="Predicted mask: repaint it", type="numpy", image_mode="RGBA", sources=[], format="png",
-                            transforms=[], layers=False,
+                            label="2. Repaint the predicted mask", type="numpy", image_mode="RGBA", sources=[],
+                            format="png", transforms=[], layers=False,
                             brush=gr.Brush(colors=hex_colors, default_color=hex_colors[0], color_mode="fixed",
                                            default_size=12),
-                            elem_id="edit-canvas",
+                            elem_id="edit-canvas", elem_classes=["semflow-canvas"],
                         )
+                        gr.HTML(brush_legend_html(model), elem_id="edit-brush-legend")
                         edit_steps, edit_beta, edit_seed, edit_n = synthesis_settings("edit")
-                        edit_btn = gr.Button("2. Synthesize", variant="primary", elem_id="edit-run")
-                        edit_gallery = gr.Gallery(label="New photos with your layout", columns=2, format="png",
-                                                  elem_id="edit-gallery")
+                        edit_btn = gr.Button("3. Synthesize", variant="primary", elem_id="edit-run")
+                        edit_gallery = gr.Gallery(label="New photos with your layout", columns=2, height="auto",
+                                                  object_fit="contain", format="png", elem_id="edit-gallery")
                         edit_mask = gr.Image(label="Mask used", format="png", interactive=False, elem_id="edit-mask")
 
             # --------------------------------------------------------------------------------------- Flow
             with gr.Tab("Flow", id="flow"):
                 gr.Markdown("The ODE's intermediate states: the photo flows into its mask (segmentation, "
-                            "t: 0 → 1), then the predicted mask flows back into a photo (synthesis, t: 1 → 0).")
+                            "t: 0 → 1), then the predicted mask flows back into a photo (synthesis, t: 1 → 0). "
+                            f"At most {MAX_FLOW_FRAMES} evenly spaced frames are shown per direction, always with "
+                            "both ends.")
                 with gr.Row():
                     with gr.Column(scale=1):
-                        flow_in = _upload(label="Photo", elem_id="flow-input")
-                        flow_steps = gr.Slider(1, MAX_STEPS, value=8, step=1, label="Steps", elem_id="flow-steps")
+                        flow_in = gr.Image(type="filepath", image_mode=None, sources=["upload", "clipboard"],
+                                           label="Photo", elem_id="flow-input")
+                        flow_steps = gr.Slider(1, MAX_FLOW_STEPS, value=8, step=1, label="Steps",
+                                               elem_id="flow-steps")
                         flow_btn = gr.Button("Show the flow", variant="primary", elem_id="flow-run")
                         if photo_examples:
-                            gr.Examples(photo_examples, inputs=[flow_in])
+                            gr.Examples(photo_examples, inputs=[flow_in], elem_id="flow-examples")
                     with gr.Column(scale=3):
-                        flow_fwd = gr.Gallery(label="Segmentation: photo (t=0) → mask (t=1)", columns=5,
-                                              height="auto", format="png", object_fit="contain", elem_id="flow-forward")
-                        flow_bwd = gr.Gallery(label="Synthesis: mask (t=1) → photo (t=0)", columns=5,
-                                              height="auto", format="png", object_fit="contain", elem_id="flow-backward")
+                        gr.Markdown("**Segmentation:** photo (t = 0) → mask (t = 1)")
+                        flow_fwd = gr.Gallery(show_label=False, label="Segmentation", columns=6, height="auto",
+                                              format="png", object_fit="contain", allow_preview=True,
+                                              elem_id="flow-forward")
+                        gr.Markdown("**Synthesis:** mask (t = 1) → photo (t = 0)")
+                        flow_bwd = gr.Gallery(show_label=False, label="Synthesis", columns=6, height="auto",
+                                              format="png", object_fit="contain", allow_preview=True,
+                                              elem_id="flow-backward")
 
         # -------------------------------------------------------------------------------------------- events
-        run = dict(concurrency_id="model", concurrency_limit=concurrency_limit)
-        seg_btn.click(segment, [seg_in, seg_steps, seg_opacity],
-                      [seg_map, seg_overlay, seg_conf, seg_legend, seg_file, seg_state], api_name="segment", **run)
-        seg_opacity.release(reblend, [seg_state, seg_opacity], [seg_overlay], api_visibility="private",
-                            concurrency_limit=None)
-        syn_btn.click(synthesize, [syn_in, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
-                      api_name="synthesize", **run)
-        canvas_btn.click(synthesize_canvas, [canvas, canvas_bg, syn_steps, syn_beta, syn_seed, syn_n],
-                         [syn_gallery, syn_mask], api_name="synthesize_canvas", **run)
-        edit_predict_btn.click(edit_predict, [edit_in, edit_seg_steps], [edit_canvas, edit_photo],
-                               api_name="edit_predict", **run)
-        edit_btn.click(edit_synthesize, [edit_canvas, edit_steps, edit_beta, edit_seed, edit_n],
-                       [edit_gallery, edit_mask], api_name="edit_synthesize", **run)
-        flow_btn.click(flow, [flow_in, flow_steps], [flow_fwd, flow_bwd], api_name="flow", **run)
+        # Model events get the raw payloads (preprocess=False): the handlers check files and numbers themselves.
+        run = dict(concurrency_id="model", concurrency_limit=concurrency_limit, preprocess=False)
+        quick = dict(queue=False, api_visibility="private", show_progress="hidden")
+
+        def clear(*values):  # the previous run's outputs go before a new run: no stale results next to an error
+            return lambda: list(values) if len(values) > 1 else values[0]
+
+        seg_outputs = [seg_map, seg_overlay, seg_conf, seg_legend, seg_note, seg_state]
+        seg_outputs += [seg_file] if seg_file else []
+        seg_btn.click(clear(None, None, None, legend, "", None, *([None] if seg_file else [])), None, seg_outputs,
+                      **quick).then(
+            segment, [seg_in, seg_steps, seg_opacity], seg_outputs, api_name="segment",
+            show_progress_on=[seg_map, seg_overlay, seg_conf], **run)
+        for listener in (seg_opacity.input, seg_opacity.release):
+            listener(reblend, [seg_state, seg_opacity], [seg_overlay], api_visibility="private",
+                     concurrency_limit=None, trigger_mode="always_last", show_progress="hidden")
+        syn_in.change(preview_mask, [syn_in], [syn_mask], api_visibility="private", preprocess=False,
+                      concurrency_id="preview", concurrency_limit=concurrency_limit, show_progress="minimal")
+        syn_btn.click(clear(None), None, [syn_gallery], **quick).then(
+            synthesize, [syn_in, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
+            api_name="synthesize", **run)
+        canvas_btn.click(clear(None, None), None, [syn_gallery, syn_mask], **quick).then(
+            synthesize_canvas, [canvas, canvas_bg, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
+            api_name="synthesize_canvas", **run)
+        edit_predict_btn.click(
+            edit_predict, [edit_in, edit_seg_steps], [edit_canvas, edit_photo], api_name="edit_predict", **run)
+        edit_btn.click(clear(None, None), None, [edit_gallery, edit_mask], **quick).then(
+            edit_synthesize, [edit_canvas, edit_steps, edit_beta, edit_seed, edit_n], [edit_gallery, edit_mask],
+            api_name="edit_synthesize", **run)
+        flow_btn.click(clear(None, None), None, [flow_fwd, flow_bwd], **quick).then(
+            flow, [flow_in, flow_steps], [flow_fwd, flow_bwd], api_name="flow", **run)
 
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
+    demo.semflow_css = CSS + "\n" + palette_css(model.class_names)
     return demo
 
 
 def launch(model: str, host: str = "127.0.0.1", port: int = 7860, share: bool = False, **kwargs):
     demo = build_demo(model)
-    return demo.launch(server_name=host, server_port=port, share=share, css=CSS, **kwargs)
+    return demo.launch(server_name=host, server_port=port, share=share, **{**launch_kwargs(demo), **kwargs})

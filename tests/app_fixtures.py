@@ -1,7 +1,7 @@
 """Fixtures for the app tests: a tiny random CamVid-class SemFlow pipeline saved to disk, and the app served
 in-process on a free port.
 
-Import them into a test module with ``from app_fixtures import app_url, tiny_model_dir  # noqa: F401``.
+Import them into a test module with ``from app_fixtures import app_server, app_url, tiny_model_dir  # noqa: F401``.
 The tiny model has the shipped checkpoint's classes and colours, so the UI is the real one; set
 ``SEMFLOW_TEST_MODEL=checkpoints/semflow-camvid`` to run the app tests against a real model instead.
 """
@@ -45,14 +45,20 @@ def tiny_model_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="session")
-def app_url(tiny_model_dir):
-    """The full app (loaded from the saved folder, as ``python app.py --model`` does) on a free local port."""
-    from space import CSS, build_demo
+def app_server(tiny_model_dir):
+    """The full app (loaded from the saved folder, as ``python app.py --model`` does) on a free local port.
+
+    Yields ``(url, demo)``; most tests only need the URL (``app_url``)."""
+    from space import build_demo, launch_kwargs
 
     demo = build_demo(tiny_model_dir, concurrency_limit=2)
     port = free_port()
-    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, css=CSS)
-    url = f"http://127.0.0.1:{port}/"
-    yield url
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **launch_kwargs(demo))
+    yield f"http://127.0.0.1:{port}/", demo
     demo.close()
     time.sleep(0.2)
+
+
+@pytest.fixture(scope="session")
+def app_url(app_server):
+    return app_server[0]

@@ -4,6 +4,10 @@ Chromium comes from the system (``apt-get install chromium``), not from Playwrig
 cannot work on a closed network. Without it they are skipped with the reason, or FAIL under
 ``SEMFLOW_REQUIRE_BROWSER=1`` as in ``.ci/run`` (``browser_gate.py``); if it cannot start, they FAIL with the reason.
 Screenshots go to ``outputs/app-screenshots/`` (git-ignored), or to ``$SEMFLOW_SCREENSHOTS``.
+Each test asserts what a user sees (issue 9): examples on every tab, errors that survive an example click,
+colour previews of label-id masks, whole (uncropped) gallery images, Flow's end states in view, class names
+next to the brush colours, live opacity typing, the model's name and domain, a complete and never stale legend,
+consistent step numbers, and download names that fit a phone's width.
 """
 
 from __future__ import annotations
@@ -16,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app_fixtures import app_url, tiny_model_dir  # noqa: F401
-from semflow_tiny import CAMVID_COLORS
+from app_fixtures import app_server, app_url, tiny_model_dir  # noqa: F401
+from semflow_tiny import CAMVID_CLASSES, CAMVID_COLORS
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "space" / "examples"
@@ -75,6 +79,11 @@ def _shot(pg, name: str) -> Path:
     return path
 
 
+def _seen(locator) -> np.ndarray:
+    """What the user sees of an element: its screenshot as an RGB array."""
+    return np.asarray(Image.open(io.BytesIO(locator.screenshot())).convert("RGB"))
+
+
 def _fetch_image(pg, selector: str) -> Image.Image:
     """The image an <img> shows, fetched from the app's file route."""
     src = pg.locator(selector).first.get_attribute("src")
@@ -95,7 +104,7 @@ def _click_and_wait(page, button: str, *outputs: str) -> None:
     for sel, old in zip(outputs, before):
         page.wait_for_function(
             "([sel, old]) => { const e = document.querySelector(sel); return !!e && !!e.getAttribute('src')"
-            " && e.getAttribute('src') !== old; }",
+            " && e.getAttribute('src') !== old && e.complete && e.naturalWidth > 0; }",
             arg=[sel, old],
         )
 
@@ -103,6 +112,18 @@ def _click_and_wait(page, button: str, *outputs: str) -> None:
 def _tab(page, *names: str) -> None:
     for name in names:
         page.get_by_role("tab", name=name, exact=True).click()
+
+
+def _toasts(page) -> str:
+    return " ".join(page.locator(".toast-body").all_inner_texts())
+
+
+def _close_toasts(page) -> None:
+    for btn in page.locator(".toast-close").all():
+        try:
+            btn.click(timeout=2000)
+        except Exception:  # noqa: BLE001 - a toast may close itself meanwhile
+            pass
 
 
 def _painter(page, canvas: str):
@@ -114,8 +135,7 @@ def _painter(page, canvas: str):
         page.locator(f"{canvas} button[aria-label=Color]").click()
         swatch = page.locator(f"{canvas} button[style*='background-color: rgb({rgb[0]}, {rgb[1]}, {rgb[2]})']")
         swatch.click()
-        page.mouse.click(5, 5)  # the palette popover covers the canvas; a click outside closes it
-        swatch.wait_for(state="detached")
+        swatch.wait_for(state="detached")  # the palette closes by itself once a colour is picked (issue 9 item 7)
 
     box = page.locator(f"{canvas} canvas").first.bounding_box()
     cx, cy = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
@@ -131,21 +151,48 @@ def _painter(page, canvas: str):
     return pick, stroke
 
 
-def test_page_loads_with_all_tabs(page):
+def _street_photo(path: Path, size=(240, 180), source="street_4_color.png") -> Path:
+    Image.open(EXAMPLES / source).convert("RGB").resize(size).save(path)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ tests
+def test_page_loads_with_all_tabs_model_name_domain_and_limits(page, tiny_model_dir):  # noqa: F811
     tabs = page.get_by_role("tab").all_inner_texts()
     for name in ("Segment", "Synthesize", "Edit", "Flow"):
         assert name in tabs
-    assert "sky" in page.locator("#seg-legend").inner_text()
+    header = page.locator("#header").inner_text()
+    assert Path(tiny_model_dir).name in header and tiny_model_dir not in header  # a name, not a server path
+    assert "Domain" in header and "sky" in header
+    limits = page.locator("#limits").inner_text()
+    assert "25 MB" in limits and "100 network calls" in limits
+    legend = page.locator("#seg-legend").inner_text()
+    assert "sky" in legend and "void" in legend  # the legend says what black is
+
+
+@pytest.mark.parametrize("tab, examples, target", [
+    ("Segment", "#seg-examples", "#seg-input"),
+    ("Edit", "#edit-examples", "#edit-input"),
+    ("Flow", "#flow-examples", "#flow-input"),
+    ("Synthesize", "#syn-examples", "#syn-input"),
+])
+def test_every_tab_has_clickable_examples(page, tab, examples, target):
+    _tab(page, tab)
+    items = page.locator(f"{examples} button.gallery-item")
+    items.first.wait_for()
+    assert items.count() >= 4
+    page.wait_for_function(f"[...document.querySelectorAll('{examples} img')].every(i => i.complete && i.naturalWidth)")
+    items.first.click()
+    page.wait_for_selector(f"{target} img")
 
 
 def test_segment_by_clicking(page, tmp_path):
-    photo = tmp_path / "street.png"
-    Image.open(EXAMPLES / "street_0_color.png").convert("RGB").resize((240, 180)).save(photo)
+    photo = _street_photo(tmp_path / "street.png")
     _tab(page, "Segment")
     page.locator("#seg-input input[type=file]").set_input_files(str(photo))
-    page.wait_for_selector("#seg-input img")  # the upload finished and shows the photo
+    page.wait_for_selector("#seg-input img")
     _click_and_wait(page, "#seg-run", "#seg-map img", "#seg-overlay img", "#seg-conf img")
-    page.wait_for_selector("#seg-file a")  # the label-id PNG download link
+    page.wait_for_selector("#seg-map a[download]")  # the label-id PNG download
     assert "share" in page.locator("#seg-legend").inner_text()
     label_map = _fetch_image(page, "#seg-map img")
     assert label_map.size == (240, 180)
@@ -154,23 +201,101 @@ def test_segment_by_clicking(page, tmp_path):
     _shot(page, "segment")
 
 
-def test_synthesize_upload_by_clicking(page):
+def test_typing_an_opacity_updates_the_overlay_at_once(page):
+    """Issue 9 item 8: typed values apply without leaving the box."""
+    before = _src(page, "#seg-overlay img")
+    assert before, "run test_segment_by_clicking first"
+    box = page.locator("#seg-opacity input[type=number]")
+    box.click()
+    box.fill("0.95")  # no blur, no Enter
+    page.wait_for_function("old => { const e = document.querySelector('#seg-overlay img');"
+                           " return e && e.getAttribute('src') !== old; }", arg=before)
+    assert page.evaluate("document.activeElement === document.querySelector('#seg-opacity input[type=number]')")
+
+
+def test_error_clears_the_stale_legend_and_results(page, tmp_path):
+    """Issue 9 item 10: after an error no result of the previous photo stays on screen, the legend included."""
+    _tab(page, "Segment")
+    assert "share" in page.locator("#seg-legend").inner_text()  # the previous run's shares
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(_street_photo(tmp_path / "full.png").read_bytes()[:600])  # a truncated PNG
+    page.locator("#seg-input input[type=file]").set_input_files(str(broken))
+    page.wait_for_timeout(500)
+    page.click("#seg-run")
+    page.get_by_text("damaged or truncated").first.wait_for()
+    legend = page.locator("#seg-legend")
+    assert "share" not in legend.inner_text() and "void" in legend.inner_text()
+    assert page.locator("#seg-map img").count() == 0 and page.locator("#seg-overlay img").count() == 0
+    assert legend.locator("text=Error").count() == 0  # no error badge over the legend
+    _shot(page, "error_toast")
+    assert "Traceback" not in page.content()
+    _close_toasts(page)
+
+
+def test_example_then_corrupt_upload_keeps_friendly_errors(page, tmp_path):
+    """Issue 9 item 2: click an example, then upload a text file renamed .png: a readable message, twice."""
     _tab(page, "Synthesize", "Upload a mask")
-    page.locator("#syn-input input[type=file]").set_input_files(str(EXAMPLES / "street_0.png"))
+    page.locator("#syn-examples button.gallery-item").first.click()
     page.wait_for_selector("#syn-input img")
+    notes = tmp_path / "notes.png"
+    notes.write_text("this is not an image")
+    for _ in range(2):
+        page.locator("#syn-input input[type=file]").set_input_files(str(notes))
+        page.wait_for_timeout(800)
+        page.click("#syn-run")
+        page.get_by_text("is not an image file PIL can read").first.wait_for()
+        assert "Refused" not in _toasts(page)
+        _close_toasts(page)
+
+
+def test_label_id_example_shows_in_colour_and_synthesizes(page):
+    """Issue 9 items 4 and 5: label-id examples look like colour masks (thumbnail, input, preview); the gallery
+    shows whole 4:3 images, not square crops."""
+    _tab(page, "Synthesize", "Upload a mask")
+    first = page.locator("#syn-examples button.gallery-item").first
+    thumb = _seen(first.locator("img"))
+    assert thumb.mean() > 40 and len(np.unique(thumb.reshape(-1, 3) // 32, axis=0)) >= 4, "black thumbnail"
+    first.click()
+    page.wait_for_selector("#syn-input img")
+    page.wait_for_function("() => { const e = document.querySelector('#syn-mask img'); return e && e.complete"
+                           " && e.naturalWidth > 0; }")
+    shown = _seen(page.locator("#syn-input img"))
+    assert shown.mean() > 40, "the label-id mask shows black in the input"
+    preview = np.asarray(_fetch_image(page, "#syn-mask img").convert("RGB")).reshape(-1, 3)
+    assert {tuple(c) for c in np.unique(preview, axis=0)} <= {tuple(c) for c in CAMVID_COLORS}
     _click_and_wait(page, "#syn-run", "#syn-mask img", "#syn-gallery img")
     page.wait_for_function("document.querySelectorAll('#syn-gallery img').length >= 2")
-    sample = _fetch_image(page, "#syn-gallery img")
-    assert sample.size == (480, 360)
+    assert _fetch_image(page, "#syn-gallery img").size == (480, 360)
+    _assert_whole_images(page, "#syn-gallery")
     _shot(page, "synthesize_upload")
 
 
+def _assert_whole_images(page, gallery: str) -> None:
+    """Every thumbnail shows the whole picture: scaled to fit (object-fit contain), or boxed at its own ratio."""
+    page.wait_for_function(f"[...document.querySelectorAll('{gallery} img')].every(i => i.complete && i.naturalWidth)")
+    info = page.evaluate(f"""() => [...document.querySelectorAll('{gallery} img')].map(i => {{
+        const r = i.getBoundingClientRect();
+        return [getComputedStyle(i).objectFit, r.width / r.height, i.naturalWidth / i.naturalHeight]; }})""")
+    assert info
+    for fit, box_ratio, ratio in info:
+        assert fit in ("contain", "scale-down") or abs(box_ratio - ratio) < 0.03, (fit, box_ratio, ratio)
+
+
 def test_synthesize_paint_by_clicking(page):
-    """Paint road and a car with the class brushes; unpainted canvas becomes the background class (sky)."""
+    """Paint road and a car with the class brushes; unpainted canvas becomes the background class (sky).
+    The brush palette names its classes (issue 9 item 7) and closes itself after a pick."""
     _tab(page, "Synthesize", "Paint a mask")
     canvas = "#syn-canvas"
-
+    legend = page.locator("#syn-brush-legend").inner_text()
+    assert all(name in legend for name in CAMVID_CLASSES)
     pick, stroke = _painter(page, canvas)
+    page.locator(f"{canvas} button[aria-label=Color]").click()
+    labels = page.evaluate(f"""() => [...document.querySelectorAll('{canvas} menu.swatch button.color')].map(
+        b => getComputedStyle(b, '::after').content)""")
+    assert labels[3] == '"3 road"' and labels[8] == '"8 car"', labels
+    _shot(page, "synthesize_palette")
+    page.mouse.click(5, 5)  # close it with a click outside
+    page.locator(f"{canvas} menu.swatch").wait_for(state="detached")
     pick(CAMVID_COLORS[3])  # road
     for y in (0.18, 0.24):
         stroke(y)
@@ -188,26 +313,16 @@ def test_synthesize_paint_by_clicking(page):
     _shot(page, "synthesize_paint")
 
 
-def test_bad_upload_shows_readable_error(page, tmp_path):
-    broken = tmp_path / "broken.png"
-    full = tmp_path / "full.png"
-    Image.open(EXAMPLES / "street_0_color.png").convert("RGB").save(full)
-    broken.write_bytes(full.read_bytes()[:600])  # a truncated PNG: the browser may still show part of it
-    _tab(page, "Segment")
-    page.locator("#seg-input input[type=file]").set_input_files(str(broken))
-    page.wait_for_timeout(500)
-    page.click("#seg-run")
-    toast = page.get_by_text("damaged or truncated")
-    toast.first.wait_for()
-    _shot(page, "error_toast")
-    assert "Traceback" not in page.content()
-
-
 def test_edit_by_clicking(page, tmp_path):
-    """Photo -> predicted mask on the canvas -> paint a car on it -> a new photo with that layout."""
-    photo = tmp_path / "street.png"
-    Image.open(EXAMPLES / "street_2_color.png").convert("RGB").resize((240, 180)).save(photo)
+    """Photo -> predicted mask on the canvas -> paint a car on it -> a new photo with that layout; the page's
+    steps 1, 2, 3 match its controls (issue 9 item 12)."""
+    photo = _street_photo(tmp_path / "street.png", source="street_6_color.png")
     _tab(page, "Edit")
+    text = page.locator("text=Upload a photo and predict its mask").inner_text()
+    assert "1." in text and "2." in text and "3." in text
+    assert page.locator("#edit-predict").inner_text().startswith("1.")
+    assert page.locator("#edit-run").inner_text().startswith("3.")
+    assert "2. Repaint" in page.locator("#edit-canvas").inner_text()
     page.locator("#edit-input input[type=file]").set_input_files(str(photo))
     page.wait_for_selector("#edit-input img")
     _click_and_wait(page, "#edit-predict", "#edit-photo img")
@@ -223,16 +338,67 @@ def test_edit_by_clicking(page, tmp_path):
     car = (mask == np.asarray(CAMVID_COLORS[8], np.uint8)).all(-1)
     assert car[80:100, 100:140].mean() > 0.5, "the painted car is not in the mask"
     assert len(np.unique(mask.reshape(-1, 3), axis=0)) > 1  # the predicted layout is kept around it
+    _assert_whole_images(page, "#edit-gallery")
     _shot(page, "edit")
 
 
-def test_flow_by_clicking(page, tmp_path):
-    photo = tmp_path / "street.png"
-    Image.open(EXAMPLES / "street_3_color.png").convert("RGB").resize((240, 180)).save(photo)
+def test_flow_at_max_steps_keeps_both_ends_in_view(page):
+    """Issue 9 item 6: at 25 steps the final mask (t=1) and photo (t=0) are shown, with no inner scroll."""
     _tab(page, "Flow")
-    page.locator("#flow-input input[type=file]").set_input_files(str(photo))
+    page.locator("#flow-examples button.gallery-item").first.click()
     page.wait_for_selector("#flow-input img")
+    steps = page.locator("#flow-steps input[type=number]")
+    steps.fill("25")
+    steps.press("Enter")
     page.click("#flow-run")
-    page.wait_for_function("document.querySelectorAll('#flow-forward img').length >= 9"
-                           " && document.querySelectorAll('#flow-backward img').length >= 9")
+    page.wait_for_function("document.querySelectorAll('#flow-forward img').length == 11"
+                           " && document.querySelectorAll('#flow-backward img').length == 11")
+    for gallery, last in (("#flow-forward", "t = 1.00"), ("#flow-backward", "t = 0.00")):
+        _assert_whole_images(page, gallery)
+        g = page.locator(gallery)
+        assert g.get_by_text(last, exact=True).count() == 1
+        cut = page.evaluate(f"""() => [...document.querySelectorAll('{gallery} *')].filter(
+            e => e.scrollHeight > e.clientHeight + 2 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowY))
+            .length""")
+        assert cut == 0, f"{gallery} scrolls inside"
+        gbox = g.bounding_box()
+        lbox = g.locator("img").last.bounding_box()
+        assert lbox["y"] + lbox["height"] <= gbox["y"] + gbox["height"] + 1, "the last frame is cut off"
     _shot(page, "flow")
+
+
+def test_label_download_fits_a_phone_screen(browser, app_url, tmp_path):  # noqa: F811
+    """Issue 9 item 12: at mobile width the label file keeps its whole name (it was cut to '.p') and its
+    download button is on screen. The label map itself is the label-id PNG."""
+    pg = browser.new_page(viewport={"width": 390, "height": 844})
+    pg.set_default_timeout(TIMEOUT_MS)
+    try:
+        pg.goto(app_url, wait_until="domcontentloaded")
+        pg.wait_for_selector("#seg-run")
+        photo = _street_photo(tmp_path / "a_rather_long_street_photo_name.png", (96, 72))
+        pg.locator("#seg-input input[type=file]").set_input_files(str(photo))
+        pg.wait_for_selector("#seg-input img")
+        pg.click("#seg-run")
+        pg.wait_for_selector("#seg-map img")
+        link = pg.locator("#seg-map a[download]")
+        assert link.get_attribute("download") == "a_rather_long_street_photo_name_labels.png"
+        button = link.locator("button").bounding_box()
+        assert 0 <= button["x"] and button["x"] + button["width"] <= 390, button
+        label = pg.locator("#seg-map label").bounding_box()
+        assert label["x"] + label["width"] <= button["x"] + 1, "the label runs under the buttons"
+        labels = Image.open(io.BytesIO(pg.request.get(link.get_attribute("href")).body()))
+        assert labels.mode == "P" and labels.size == (96, 72) and np.asarray(labels).max() < len(CAMVID_CLASSES)
+        assert "class ids" in pg.locator("#seg-map-note").inner_text()
+        pg.locator("#seg-map").screenshot(path=str(SHOTS / "segment_label_map_mobile.png"))
+    finally:
+        pg.close()
+
+
+def test_screenshots_of_every_tab(page):
+    """Fresh screenshots of every tab, as the tests left them, for the closing note."""
+    for name, tabs in (("tab_segment", ["Segment"]), ("tab_synthesize_upload", ["Synthesize", "Upload a mask"]),
+                       ("tab_synthesize_paint", ["Synthesize", "Paint a mask"]), ("tab_edit", ["Edit"]),
+                       ("tab_flow", ["Flow"])):
+        _tab(page, *tabs)
+        page.wait_for_timeout(500)
+        assert _shot(page, name).stat().st_size > 10_000

@@ -15,8 +15,9 @@ from PIL import Image
 
 from app_fixtures import free_port, tiny_model_dir  # noqa: F401
 from semflow_tiny import CAMVID_COLORS
-from space.examples import draw_street
-from space.inputs import InputError, editor_to_ids, load_mask_file, load_photo, snap_to_palette
+from space.examples import SEEDS, draw_street
+from space.inputs import (InputError, editor_to_ids, load_mask_file, load_photo, load_photo_fitted,
+                          snap_to_palette)
 
 ROOT = Path(__file__).resolve().parents[1]
 PALETTE = np.asarray(CAMVID_COLORS[:11], np.uint8)
@@ -64,6 +65,57 @@ def test_load_mask_file_kinds(tmp_path):
     assert kind == "colors" and arr.shape == (3, 4, 3)
 
 
+def test_load_mask_file_palette_pngs_and_size_bound(tmp_path):
+    full = np.asarray(CAMVID_COLORS, np.uint8)
+    ids = draw_street(SEEDS[0])
+    # Palette PNG, index = class id, palette = label colours (the examples): ids either way.
+    im = Image.fromarray(ids, "P")
+    im.putpalette(full.ravel().tolist())
+    im.save(tmp_path / "p.png")
+    kind, arr = load_mask_file(str(tmp_path / "p.png"), label_colors=full)
+    assert kind == "colors" and np.array_equal(arr, full[ids])
+    # A colour mask saved as a palette PNG in another order: read by its colours (issue 10 item 4).
+    q = Image.fromarray(full[ids]).quantize(colors=16, method=Image.Quantize.FASTOCTREE)
+    q.save(tmp_path / "q.png")
+    kind, arr = load_mask_file(str(tmp_path / "q.png"), label_colors=full)
+    assert kind == "colors" and np.array_equal(arr, full[ids])
+    # A palette PNG whose palette is not the label colours (e.g. a grey ramp): its indices are the ids.
+    g = Image.fromarray(ids, "P")
+    g.putpalette([v for i in range(256) for v in (i, i, i)])
+    g.save(tmp_path / "g.png")
+    kind, arr = load_mask_file(str(tmp_path / "g.png"), label_colors=full)
+    assert kind == "ids" and np.array_equal(arr, ids)
+    # Large masks are reduced by nearest neighbour: only existing ids, at most max_side.
+    Image.fromarray(ids).resize((4800, 3600), Image.NEAREST).save(tmp_path / "big.png")
+    kind, arr = load_mask_file(str(tmp_path / "big.png"), max_side=1024)
+    assert arr.shape == (768, 1024) and set(np.unique(arr)) <= set(np.unique(ids))
+
+
+def test_load_photo_fitted_reduces_early_and_keeps_the_upright_size(tmp_path):
+    arr = np.zeros((3000, 4000, 3), np.uint8)
+    arr[:, :2000] = (250, 10, 10)
+    Image.fromarray(arr).save(tmp_path / "big.jpg", quality=90)
+    im, size = load_photo_fitted(str(tmp_path / "big.jpg"), 1024)
+    assert size == (4000, 3000) and im.size == (1024, 768) and im.mode == "RGB"
+    assert np.asarray(im)[10, 10, 0] > 200 and np.asarray(im)[10, -10, 0] < 50
+    # EXIF orientation 6 (rotate 90° clockwise to view): the upright size swaps.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(arr[:300, :400]).save(tmp_path / "rot.jpg", exif=exif.tobytes())
+    im, size = load_photo_fitted(str(tmp_path / "rot.jpg"), 1024)
+    assert size == (300, 400) and im.size == (300, 400)
+    for w, h in ((3000, 2000), (4500, 3000)):  # reduction by 2 and by 4 (16-bit images cannot use reduce())
+        Image.fromarray((np.arange(w * h) % 65536).astype(np.uint16).reshape(h, w)).save(tmp_path / "w16.png")
+        im, size = load_photo_fitted(str(tmp_path / "w16.png"), 1024)
+        assert size == (w, h) and im.size == (1024, round(1024 * h / w)) and im.mode == "RGB"
+    # A palette image with transparency, reduced before it is made RGB.
+    p = Image.fromarray((np.arange(3000 * 4000) % 7).astype(np.uint8).reshape(3000, 4000), "P")
+    p.putpalette([v for i in range(256) for v in (i * 30 % 256, 0, 0)])
+    p.save(tmp_path / "pal.png", transparency=0)
+    im, size = load_photo_fitted(str(tmp_path / "pal.png"), 1024)
+    assert size == (4000, 3000) and im.size == (1024, 768) and im.mode == "RGB"
+
+
 def test_snap_to_palette_picks_nearest():
     rgb = np.array([[[130, 62, 126], [0, 0, 0], [255, 255, 255]]], np.uint8)
     assert snap_to_palette(rgb, PALETTE).tolist() == [[3, 9, 2]]  # road; black -> pedestrian (64,64,0); white -> pole
@@ -100,8 +152,43 @@ def test_drawn_examples_are_street_layouts():
     assert ids.shape == (360, 480) and ids.max() <= 10
     assert np.bincount(ids[:20].ravel()).argmax() in (0, 1)  # sky or buildings on top
     assert np.bincount(ids[-20:].ravel()).argmax() in (3, 4)  # road or pavement at the bottom
-    for f in ("street_0.png", "street_0_color.png"):
+    for f in ("street_0.png", "street_4_color.png"):
         assert (ROOT / "space" / "examples" / f).stat().st_size < 50_000
+
+
+def test_examples_are_made_by_the_project(tmp_path, tiny_model_dir):  # noqa: F811
+    """`python -m space.examples` draws the committed masks exactly, and makes photos with any SemFlow model."""
+    from space.examples import main
+
+    committed = ROOT / "space" / "examples"
+    main(["--masks-only", "--out", str(tmp_path / "masks")])
+    for p in sorted(committed.glob("street_*.png")):
+        a, b = Image.open(p), Image.open(tmp_path / "masks" / p.name)
+        assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b)), p.name
+        if a.mode == "P":
+            assert a.getpalette()[:36] == b.getpalette()[:36]
+    assert len(list(committed.glob("photo_*.png"))) == 4  # Segment, Edit and Flow have examples
+    main(["--model", tiny_model_dir, "--out", str(tmp_path / "tiny")])
+    made = sorted(q.name for q in (tmp_path / "tiny").glob("*.png"))
+    assert made == sorted(q.name for q in committed.glob("*.png"))
+    from space.examples import PHOTO_LAYOUTS
+    from space.model import SpaceModel
+
+    m = SpaceModel(tiny_model_dir)  # the photos are that model's synthesis of the layouts, with its defaults
+    again = m.synthesize(draw_street(SEEDS[PHOTO_LAYOUTS[1]]).astype(np.int64), m.synthesis_steps,
+                         m.synthesis_perturbation, 1, seed=1)[0]
+    assert np.array_equal(np.asarray(again), np.asarray(Image.open(tmp_path / "tiny" / "photo_1.png")))
+
+
+def test_examples_are_not_dataset_files():
+    data = ROOT.parent / "shared" / "datasets" / "camvid"
+    if not data.is_dir():
+        pytest.skip("no CamVid folder to compare with")
+    import hashlib
+
+    ours = {hashlib.sha256(p.read_bytes()).hexdigest() for p in (ROOT / "space" / "examples").glob("*.png")}
+    for p in data.rglob("*.png"):
+        assert hashlib.sha256(p.read_bytes()).hexdigest() not in ours, p
 
 
 def test_app_py_missing_default_model_is_a_clear_error(tmp_path):
@@ -137,7 +224,7 @@ def test_shipped_checkpoint_runs_in_the_app():
 
     model = SpaceModel(str(ROOT / "checkpoints" / "semflow-camvid"))
     assert model.class_names[:4] == ["sky", "building", "pole", "road"]
-    photo = Image.open(ROOT / "space" / "examples" / "street_0_color.png").convert("RGB")
+    photo = Image.open(ROOT / "space" / "examples" / "photo_0.png").convert("RGB")
     seg = model.segment(photo, 1)
     assert seg.labels.shape == (360, 480)
     images = model.synthesize(draw_street(1), 2, 0.05, 1, 0)

@@ -1,0 +1,203 @@
+"""Which files a request may make the app read: only what gradio uploaded for this app, and the app's examples.
+
+Every model event runs with ``preprocess=False``, so gradio hands the handlers the raw file payloads (dicts with
+``path``, ``url``, ``meta``, ...) instead of opening them itself; :class:`UploadGate` then decides, in the handler,
+whether a payload names a file this app may open:
+
+- a file gradio's ``/upload`` route wrote for this app (``Blocks.upload_file_set``), at exactly the path gradio
+  recorded (normalised, absolute, no ``..``), inside gradio's cache folder, a regular file reached through no
+  symlink; or
+- a copy of one of the app's own example files in gradio's cache (what the page sends when an example is
+  clicked), recognised by its content (size + SHA-256), with the same path rules; or
+- a ``data:image/...;base64`` URL (a pasted image), decoded into a private temporary file, within the size limit.
+
+Everything else (absolute paths elsewhere, ``..`` tricks, symlinks, URL-encoded or ``file:``/``http:`` paths,
+files of other apps in a shared cache) gets the one message :data:`REFUSED`, which is the same whether or not the
+named file exists; the gate looks at the file system only for paths that already passed the path checks.
+Payloads that carry ``"meta"`` and name a file outside gradio's cache are refused by gradio itself before the
+handler runs (with no message): that answer does not depend on the file's existence either.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import stat
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Iterable, Optional
+
+from .inputs import InputError
+
+REFUSED = (
+    "Refused: this app only reads images uploaded to it (or its own examples). Upload the file first "
+    "(in Python: gradio_client.handle_file(path))."
+)
+
+
+class RefusedFile(InputError):
+    """A payload that names a file this app may not read (always with the message REFUSED)."""
+
+    def __init__(self):
+        super().__init__(REFUSED)
+
+
+def _sha256(path: str, limit: int) -> Optional[str]:
+    h = hashlib.sha256()
+    n = 0
+    with open(path, "rb", buffering=0) as f:
+        while True:
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            n += len(chunk)
+            if n > limit:
+                return None
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _normal_abs(path: str) -> bool:
+    """An absolute path already in normal form: no '..', '.', '//' or trailing separator tricks."""
+    return os.path.isabs(path) and os.path.normpath(path) == path and "\x00" not in path
+
+
+class UploadGate:
+    """Decides which file payloads a handler may open.
+
+    Args:
+        upload_files: returns the set of paths gradio's upload route wrote for this app (``demo.upload_file_set``).
+        cache_dir: gradio's cache/upload folder (``gradio.utils.get_upload_folder()``).
+        example_files: the app's own example files; copies of them in the cache are accepted.
+        max_bytes: the largest file accepted (the same as the app's ``max_file_size``).
+    """
+
+    def __init__(
+        self,
+        upload_files: Callable[[], Iterable[str]],
+        cache_dir: str,
+        example_files: Iterable[os.PathLike | str] = (),
+        max_bytes: int = 50 * 2**20,
+    ):
+        self._upload_files = upload_files
+        self.cache_dir = os.path.realpath(cache_dir)
+        self._cache_roots = {os.path.normpath(os.path.abspath(cache_dir)), self.cache_dir}
+        self.max_bytes = int(max_bytes)
+        self._examples: dict[int, set[str]] = {}  # size -> sha256 digests
+        for p in example_files:
+            p = str(p)
+            digest = _sha256(p, 1 << 62)
+            self._examples.setdefault(os.path.getsize(p), set()).add(digest)
+        self._paste_dir: Optional[str] = None
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------------------------------------ checks
+    def _relative_to_cache(self, path: str) -> Optional[str]:
+        """``path`` below the cache folder (as configured or as resolved), lexically; else None."""
+        for root in self._cache_roots:
+            if path.startswith(root + os.sep) and len(path) > len(root) + 1:
+                return path[len(root) + 1:]
+        return None
+
+    def _regular_file_no_links(self, path: str, rel: str) -> bool:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return False
+        # No symlink anywhere below the cache folder: the resolved path is the cache's resolved path + rel.
+        return stat.S_ISREG(st.st_mode) and os.path.realpath(path) == os.path.join(self.cache_dir, rel)
+
+    def _is_upload(self, path: str) -> bool:
+        files = self._upload_files()
+        return path in files
+
+    def _is_example_copy(self, path: str) -> bool:
+        try:
+            size = os.path.getsize(path)
+        except OSError:
+            return False
+        digests = self._examples.get(size)
+        return bool(digests) and _sha256(path, size) in digests
+
+    def check_path(self, path) -> str:
+        """``path`` if this app may read it, else RefusedFile."""
+        rel = self._relative_to_cache(path) if isinstance(path, str) and _normal_abs(path) else None
+        if rel is None:
+            raise RefusedFile()
+        # Only now, for a path inside gradio's cache that gradio could have written, look at the file system.
+        if not self._regular_file_no_links(path, rel):
+            raise RefusedFile()
+        if not (self._is_upload(path) or self._is_example_copy(path)):
+            raise RefusedFile()
+        return path
+
+    # ----------------------------------------------------------------------------------------------- payloads
+    def file(self, payload, what: str = "image") -> Optional[str]:
+        """A raw file payload (dict, FileData, or None) -> a path the handler may open, or None for no file."""
+        if payload is None:
+            return None
+        if hasattr(payload, "model_dump"):  # a FileData / ImageData model
+            payload = payload.model_dump()
+        if isinstance(payload, str):  # a bare string is a path the client chose: never trusted
+            raise RefusedFile()
+        if not isinstance(payload, dict):
+            raise InputError(f"The {what} must be an uploaded image file.")
+        path = payload.get("path")
+        if path:
+            return self.check_path(path)
+        url = payload.get("url")
+        if isinstance(url, str) and url.startswith("data:"):
+            return self._data_url(url, what)
+        if url:  # an http(s) or other URL: the app fetches nothing on a client's behalf
+            raise RefusedFile()
+        return None
+
+    def _data_url(self, url: str, what: str) -> str:
+        head, _, data = url.partition(",")
+        if not head.startswith("data:image/") or not head.endswith(";base64"):
+            raise InputError(f"The pasted {what} is not a base64-encoded image.")
+        if len(data) > self.max_bytes * 4 // 3 + 4:
+            raise InputError(f"The pasted {what} is larger than {self.max_bytes // 2**20} MB.")
+        try:
+            raw = base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError):
+            raise InputError(f"The pasted {what} is not valid base64 data.") from None
+        with self._lock:
+            if self._paste_dir is None or not os.path.isdir(self._paste_dir):
+                self._paste_dir = tempfile.mkdtemp(prefix="semflow-paste-")
+            now = time.time()
+            for old in os.scandir(self._paste_dir):  # a pasted image is read once, right after this call
+                try:
+                    if now - old.stat().st_mtime > 600:
+                        os.unlink(old.path)
+                except OSError:
+                    pass
+        fd, path = tempfile.mkstemp(prefix="pasted_", suffix=".img", dir=self._paste_dir)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+        return path
+
+    def editor(self, payload, what: str = "canvas") -> dict:
+        """A raw ImageEditor payload -> {"background": path|None, "layers": [path...], "composite": path|None}."""
+        if payload is None:
+            return {"background": None, "layers": [], "composite": None}
+        if hasattr(payload, "model_dump"):
+            payload = payload.model_dump()
+        if not isinstance(payload, dict):
+            raise InputError(f"The {what} value must be an ImageEditor value (background, layers, composite).")
+        layers = payload.get("layers") or []
+        if not isinstance(layers, list):
+            raise InputError(f"The {what}'s layers must be a list of images.")
+        return {
+            "background": self.file(payload.get("background"), what),
+            "layers": [p for p in (self.file(x, what) for x in layers) if p is not None],
+            "composite": self.file(payload.get("composite"), what),
+        }
+
+
+def example_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.glob("*.png") if p.is_file())

@@ -47,6 +47,10 @@ def add_common_args(ap, repeats: int = 7) -> None:
     ap.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
     ap.add_argument("--quick", action="store_true", help="smoke run: few configurations and repeats")
     ap.add_argument("--out", default=None, help="JSON path (default benchmarks/results/<name>.json)")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                    help="UNet weights dtype (bfloat16 pays off only on CPUs with AVX512-BF16/AMX; ~20x slower on "
+                         "AVX2-only CPUs)")
+    ap.add_argument("--channels-last", action="store_true", help="UNet weights in channels_last memory format")
 
 
 def resolve_model_arg(model: Optional[str]) -> str:
@@ -75,8 +79,10 @@ def camvid_info() -> Dict[str, Any]:
     return {"class_names": list(CAMVID_CLASSES), "ignore_index": CAMVID_IGNORE, "colors": CAMVID_COLORS}
 
 
-def load_pipeline(model: str, config: Optional[str] = DEFAULT_TRAIN_CONFIG, solver: Optional[str] = None):
-    """-> (pipe, description). ``model``: a folder / Hub id, ``"random"`` or ``"tiny"``."""
+def load_pipeline(model: str, config: Optional[str] = DEFAULT_TRAIN_CONFIG, solver: Optional[str] = None,
+                  dtype: str = "float32", channels_last: bool = False):
+    """-> (pipe, description). ``model``: a folder / Hub id, ``"random"`` or ``"tiny"``; ``dtype`` /
+    ``channels_last``: the UNet's weights (the scheduler step stays float32 either way)."""
     if model == "tiny":
         from semflow_tiny import tiny_pixel_pipeline
 
@@ -98,6 +104,10 @@ def load_pipeline(model: str, config: Optional[str] = DEFAULT_TRAIN_CONFIG, solv
 
         sched = SemFlowScheduler.from_config(pipe.scheduler.config, solver=solver)
         pipe.scheduler = sched
+    if dtype != "float32" or channels_last:
+        pipe.unet.to(dtype=getattr(torch, dtype),
+                     memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+        desc += f", UNet in {dtype}" + (", channels_last" if channels_last else "")
     pipe.unet.eval()
     pipe.set_progress_bar_config(disable=True)
     return pipe, desc

@@ -149,7 +149,7 @@ def main(argv=None):
     setup_torch(args.threads)
     monitor = ContentionMonitor()
     model = resolve_model_arg(args.model)
-    pipe, desc = load_pipeline(model, args.config)
+    pipe, desc = load_pipeline(model, args.config, dtype=args.dtype, channels_last=args.channels_last)
     machine = machine_info(args.threads)
     rss_loaded = current_rss_mb()
 

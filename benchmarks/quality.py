@@ -64,8 +64,9 @@ def main(argv=None):
     from training.evaluate import segment_split, synthesis_metrics
 
     model = resolve_model_arg(args.model)
-    euler, desc = load_pipeline(model, args.config, solver="euler")
-    heun, _ = load_pipeline(model, args.config, solver="heun")
+    prec = dict(dtype=args.dtype, channels_last=args.channels_last)
+    euler, desc = load_pipeline(model, args.config, solver="euler", **prec)
+    heun, _ = load_pipeline(model, args.config, solver="heun", **prec)
     ds = build_dataset("camvid", args.data_root, args.split, size=None, preload=True, max_samples=args.max_images)
     k, ignore = len(ds.class_names), ds.ignore_index
     base = BaselineSegmenter.from_pretrained(args.baseline) if os.path.isdir(args.baseline) else None

@@ -185,3 +185,28 @@ def test_resume_matches_uninterrupted_run(toy_root, tmp_path):
     b = UNet2DModel.from_pretrained(str(part / "final" / "unet")).state_dict()
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_init_from_warm_starts_the_unet_and_refuses_another_architecture(toy_root, tmp_path):
+    """``init_from``: a finished run's weights start a new run (fresh optimizer and schedule); a folder whose
+    UNet has another shape is refused with the tensor that differs, before any step."""
+    from diffusers import UNet2DModel
+
+    first = tmp_path / "first"
+    train_main(_args(toy_root, first, "final_eval=false", steps=2))
+    src = UNet2DModel.from_pretrained(str(first / "final" / "unet")).state_dict()
+    # 0 steps of training: the saved model must be exactly the one it started from.
+    warm = tmp_path / "warm"
+    train_main(_args(toy_root, warm, f"init_from={first / 'final'}", "final_eval=false", steps=0))
+    got = UNet2DModel.from_pretrained(str(warm / "final" / "unet")).state_dict()
+    assert all(torch.equal(got[k], src[k]) for k in src)
+    # Without init_from the same seed gives other weights: the check above is not vacuous.
+    cold = tmp_path / "cold"
+    train_main(_args(toy_root, cold, "final_eval=false", steps=0))
+    fresh = UNet2DModel.from_pretrained(str(cold / "final" / "unet")).state_dict()
+    assert not all(torch.equal(fresh[k], src[k]) for k in src)
+    with pytest.raises(SystemExit, match="does not match this config's UNet"):
+        train_main(_args(toy_root, tmp_path / "other", f"init_from={first / 'final'}", "block_out_channels=[8,8]",
+                         "final_eval=false", steps=2))
+    with pytest.raises(SystemExit, match="not found"):
+        train_main(_args(toy_root, tmp_path / "none", f"init_from={tmp_path / 'missing'}", steps=2))

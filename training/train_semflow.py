@@ -50,6 +50,7 @@ DEFAULTS: Dict[str, Any] = {
     "objective": "semflow", "mode": "pixel", "palette": "simplex", "prediction_type": "endpoints",
     "solver": "euler", "space_to_depth": 1, "block_out_channels": [32, 64, 128, 128], "layers_per_block": 1,
     "attention_levels": [], "norm_num_groups": 8, "pretrained_model_name_or_path": None,
+    "init_from": None,  # pixel mode: a saved SemFlow pipeline folder whose unet weights start this run (warm start)
     # flow
     "t_sampling": "uniform", "t_zero_prob": 0.0, "t_one_prob": 0.0, "t_beta_alpha": 0.5,
     "coupling": "paper", "coupling_noise_prob": 1.0, "perturbation": 0.05, "mask_ignore_in_loss": True, "mask_loss_weight": 1.0,
@@ -281,6 +282,26 @@ class StepBatches:
         idx = idx[self.pi::self.np].tolist()
         items = [self.ds[i] for i in idx]
         return {"image": torch.stack([b["image"] for b in items]), "label": torch.stack([b["label"] for b in items])}
+
+
+def init_unet_from(unet, folder: str) -> None:
+    """Warm start: copy ``<folder>/unet`` weights (a saved SemFlow pipeline) into the freshly built ``unet``.
+
+    The architectures must match exactly; a mismatch names the first differing tensor instead of loading
+    part of the weights silently. Optimizer, schedule and step count start fresh (unlike a resume)."""
+    from diffusers import UNet2DModel
+
+    path = os.path.join(folder, "unet")
+    if not os.path.isdir(path):
+        raise SystemExit(f"init_from: {path} not found (expected a saved SemFlow pipeline folder)")
+    src = UNet2DModel.from_pretrained(path).state_dict()
+    dst = unet.state_dict()
+    for name, tensor in dst.items():
+        if name not in src or src[name].shape != tensor.shape:
+            got = tuple(src[name].shape) if name in src else "missing"
+            raise SystemExit(f"init_from: {folder} does not match this config's UNet ({name}: "
+                             f"{tuple(tensor.shape)} here, {got} there)")
+    unet.load_state_dict(src, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -577,6 +598,9 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if cfg["objective"] == "semflow":
         pipe = build_pipeline(cfg, info)
         model = pipe.unet
+        if cfg["init_from"]:
+            init_unet_from(model, cfg["init_from"])
+            accelerator.print(f"unet weights initialised from {cfg['init_from']}")
         if pipe.vae is not None:
             pipe.vae.to(accelerator.device)
             if pipe.text_encoder is not None:

@@ -11,8 +11,8 @@ Writes into ``space/examples/``:
   in any viewer (a plain grayscale id PNG looks black: ids 0..10 out of 255);
 - ``street_4_color.png`` .. ``street_7_color.png``: colour-coded RGB masks in the display colours;
 - ``photo_0.png`` .. ``photo_3.png``: the model's synthesis of layouts 0..3 (Segment, Edit and Flow examples),
-  with the app's synthesis defaults for that model (``synthesis_num_inference_steps`` /
-  ``synthesis_perturbation`` in its ``model_index.json``, else 25 steps and beta 0.05) and seed = index.
+  with the app's synthesis defaults for that model (``default_synthesis_num_inference_steps`` /
+  ``default_synthesis_perturbation`` in its ``model_index.json``, else 25 steps and beta 0.05) and seed = index.
 
 Layouts are CamVid-style street scenes at CamVid's 480x360, drawn by code from class *names* (sky, building,
 road, ...), mapped to the model's ids; no dataset file is used.

@@ -6,8 +6,8 @@ thread also keeps torch to one OpenMP thread team: calls from gradio's many work
 team of their own, whose idle threads spin and compete for the CPU (measured: +35% on a 1-step segmentation,
 +60% on 25-step synthesis on 2 cores). The queue's concurrency limit bounds the waiting.
 
-Synthesis defaults: the app synthesizes with ``synthesis_num_inference_steps`` and ``synthesis_perturbation``
-from the model's ``model_index.json`` when it has them (set them there for a new model), else with
+Synthesis defaults: the app synthesizes with the pipeline config's ``default_synthesis_num_inference_steps`` and
+``default_synthesis_perturbation`` (in the model's ``model_index.json``) when it has them, else with
 :data:`DEFAULT_SYNTHESIS_STEPS` and :data:`DEFAULT_SYNTHESIS_PERTURBATION`. Segmentation uses the pipeline's own
 ``default_num_inference_steps``.
 """
@@ -48,11 +48,6 @@ class Segmentation:
     confidence: np.ndarray  # (H, W) float32 in [0, 1]
 
 
-def _config_value(pipe, raw: dict, key: str):
-    value = getattr(pipe.config, key, None)
-    return raw.get(key) if value is None else value
-
-
 def display_name(source: str) -> str:
     """What the page calls the model: a local folder's name, or the Hub repo id as given (never a server path)."""
     s = str(source).rstrip("/\\")
@@ -67,14 +62,9 @@ class SpaceModel:
     def __init__(self, model: Union[str, "SemFlowPipeline"]):  # noqa: F821
         from semflow_pipeline import SemFlowPipeline
 
-        raw: dict = {}
         if isinstance(model, (str, bytes)) or hasattr(model, "__fspath__"):
             self.source = str(model)
             pipe = SemFlowPipeline.from_pretrained(str(model))
-            try:  # keys the pipeline class does not know (e.g. synthesis_num_inference_steps) stay in the file
-                raw = dict(SemFlowPipeline.load_config(str(model)))
-            except Exception:  # noqa: BLE001 - optional extras; a loaded pipeline is all we need
-                raw = {}
         else:
             self.source = getattr(getattr(model, "config", None), "_name_or_path", None) or "in-memory pipeline"
             pipe = model
@@ -91,8 +81,8 @@ class SpaceModel:
         # The largest β the UI offers, rounded *down* to the slider's 0.001 grid, so the maximum shown is accepted.
         self.beta_max = math.floor(self.max_perturbation * 1000 + 1e-9) / 1000
         self.default_steps = int(pipe.config.default_num_inference_steps)
-        steps = _config_value(pipe, raw, "synthesis_num_inference_steps")
-        beta = _config_value(pipe, raw, "synthesis_perturbation")
+        steps = pipe.config.get("default_synthesis_num_inference_steps")  # None in configs older than the key
+        beta = pipe.config.get("default_synthesis_perturbation")
         self.synthesis_steps = int(steps) if steps is not None else DEFAULT_SYNTHESIS_STEPS
         beta = float(beta) if beta is not None else DEFAULT_SYNTHESIS_PERTURBATION
         self.synthesis_perturbation = min(max(0.0, beta), self.beta_max)

@@ -121,7 +121,7 @@ def test_synthesis_defaults_come_from_the_model_config(tmp_path):
     m = SpaceModel(str(path))
     assert (m.synthesis_steps, m.synthesis_perturbation) == (DEFAULT_SYNTHESIS_STEPS, 0.05)
     index = json.loads((path / "model_index.json").read_text())
-    index.update(synthesis_num_inference_steps=7, synthesis_perturbation=0.1)
+    index.update(default_synthesis_num_inference_steps=7, default_synthesis_perturbation=0.1)
     (path / "model_index.json").write_text(json.dumps(index))
     m = SpaceModel(str(path))
     assert (m.synthesis_steps, m.synthesis_perturbation) == (7, 0.1)

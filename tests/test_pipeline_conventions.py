@@ -353,3 +353,36 @@ def test_a_changed_space_to_depth_is_caught_at_load_and_init(saved, tmp_path):
     with pytest.raises(ValueError, match=r"outputs 112 channels.*'velocity'.*needs 1 x 56"):
         SemFlowPipeline(unet=pipe.unet, scheduler=SemFlowScheduler(prediction_type="velocity"), space_to_depth=2,
                         **camvid_label_config())
+
+
+def test_synthesis_defaults_come_from_the_config_and_survive_save_load(tmp_path):
+    """``default_synthesis_num_inference_steps`` / ``default_synthesis_perturbation``: what ``synthesize`` and
+    ``pipe(mask=...)`` use when the caller gives nothing; segmentation keeps ``default_num_inference_steps``."""
+    from semflow_tiny import tiny_pixel_pipeline
+
+    pipe = tiny_pixel_pipeline()
+    mask = np.zeros((32, 32), np.int64)
+    mask[16:] = 3
+    pipe.synthesize(mask, output_type="np")
+    assert pipe.num_timesteps == 1  # no synthesis default: the shared default_num_inference_steps
+    pipe.register_to_config(default_synthesis_num_inference_steps=4, default_synthesis_perturbation=0.0)
+    pipe.save_pretrained(tmp_path / "m")
+    loaded = type(pipe).from_pretrained(tmp_path / "m")
+    loaded.set_progress_bar_config(disable=True)
+    assert loaded.config.default_synthesis_num_inference_steps == 4
+    loaded.synthesize(mask, output_type="np")
+    assert loaded.num_timesteps == 4
+    loaded(mask=mask, output_type="np")
+    assert loaded.num_timesteps == 4
+    loaded.synthesize(mask, num_inference_steps=2, output_type="np")
+    assert loaded.num_timesteps == 2  # an explicit count wins
+    loaded.segment(np.zeros((32, 32, 3), np.uint8))
+    assert loaded.num_timesteps == 1  # segmentation: default_num_inference_steps
+    # β = 0 by config (paper coupling: the perturbation is the only randomness): two seeds give one image;
+    # β given explicitly: they differ.
+    a, b = (loaded.synthesize(mask, generator=torch.Generator().manual_seed(s), output_type="np").images
+            for s in (0, 1))
+    assert np.array_equal(a, b)
+    a, b = (loaded.synthesize(mask, perturbation=0.2, generator=torch.Generator().manual_seed(s),
+                              output_type="np").images for s in (0, 1))
+    assert not np.array_equal(a, b)

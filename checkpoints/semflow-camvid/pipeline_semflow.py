@@ -139,6 +139,10 @@ class SemFlowPipeline(DiffusionPipeline):
         clip_mask_end: endpoints models, pixel mode: clip the predicted mask end's class channels to [-1, 1] on
             every call but the last (see `clip_mask_end`), so that more segmentation steps stay in distribution.
         default_num_inference_steps: Euler steps when `num_inference_steps` is not given.
+        default_synthesis_num_inference_steps: Euler steps of `synthesize` when `num_inference_steps` is not given
+            (`None`: `default_num_inference_steps`). Segmentation is best in few steps, synthesis in many: a model's
+            config records the count that measured best for each.
+        default_synthesis_perturbation: β of `synthesize` when `perturbation` is not given.
         default_processing_resolution: longest edge the model works at when `processing_resolution` is not given.
     """
 
@@ -162,6 +166,8 @@ class SemFlowPipeline(DiffusionPipeline):
         default_processing_resolution: int = 128,
         coupling: str = "paper",
         clip_mask_end: bool = True,
+        default_synthesis_num_inference_steps: Optional[int] = None,
+        default_synthesis_perturbation: float = 0.05,
     ):
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
@@ -194,6 +200,8 @@ class SemFlowPipeline(DiffusionPipeline):
             default_processing_resolution=default_processing_resolution,
             coupling=coupling,
             clip_mask_end=clip_mask_end,
+            default_synthesis_num_inference_steps=default_synthesis_num_inference_steps,
+            default_synthesis_perturbation=default_synthesis_perturbation,
         )
         self.codec = AnchorCodec(palette, num_classes, ignore_index, coupling)
         _check_unet_channels(unet, vae, scheduler, self.codec, space_to_depth)
@@ -775,7 +783,7 @@ class SemFlowPipeline(DiffusionPipeline):
         self,
         mask: Any,
         num_inference_steps: Optional[int] = None,
-        perturbation: float = 0.05,
+        perturbation: Optional[float] = None,
         num_images_per_mask: int = 1,
         generator: Optional[Union[torch.Generator, list]] = None,
         processing_resolution: Optional[int] = None,
@@ -790,7 +798,10 @@ class SemFlowPipeline(DiffusionPipeline):
         Args:
             mask: an integer label map (``(H, W)`` array/tensor, or a single-channel PIL image such as a label-id
                 PNG), a colour-coded RGB PIL image in the display colours, or a list of those.
-            perturbation: β of the finite perturbation ``U(-β, β)`` added to the anchor image; it must stay below
+            num_inference_steps: Euler steps (default: the config's ``default_synthesis_num_inference_steps``, else
+                ``default_num_inference_steps``).
+            perturbation: β of the finite perturbation ``U(-β, β)`` added to the anchor image (default: the
+                config's ``default_synthesis_perturbation``, 0.05 unless the model says otherwise); it must stay below
                 ``pipe.codec.max_perturbation`` so that no pixel changes class. With the paper's coupling it is the
                 only source of variety (larger β -> more); with ``coupling="gaussian"`` the image-channel noise is.
                 Any real number type (e.g. ``np.float32``).
@@ -803,7 +814,12 @@ class SemFlowPipeline(DiffusionPipeline):
                 ``"latent"`` returns only the raw t=0 state (``latents``, at the processing size, undecoded).
             callback_on_step_end, callback_on_step_end_tensor_inputs: see :meth:`integrate`.
         """
-        steps = self.config.default_num_inference_steps if num_inference_steps is None else num_inference_steps
+        if num_inference_steps is None:
+            num_inference_steps = self.config.get("default_synthesis_num_inference_steps") or \
+                self.config.default_num_inference_steps
+        if perturbation is None:
+            perturbation = self.config.get("default_synthesis_perturbation", 0.05)
+        steps = num_inference_steps
         self.check_inputs(steps, processing_resolution, 1, output_type, perturbation, num_images_per_mask,
                           generator, callback_on_step_end_tensor_inputs)
         steps, n = int(steps), int(num_images_per_mask)
@@ -874,7 +890,8 @@ class SemFlowPipeline(DiffusionPipeline):
                 callback_on_step_end, callback_on_step_end_tensor_inputs: as in both methods (``generator`` is
                 unused when segmenting).
             batch_size: segmentation only (images per network call, default 1).
-            perturbation, num_images_per_mask: synthesis only (defaults 0.05 and 1).
+            perturbation, num_images_per_mask: synthesis only (defaults: the config's
+                ``default_synthesis_perturbation``, and 1).
             output_type: default ``"np"`` when segmenting, ``"pil"`` when synthesizing; ``"latent"`` returns the
                 raw end state of the ODE.
         """
@@ -901,7 +918,7 @@ class SemFlowPipeline(DiffusionPipeline):
             return self.segment(image, batch_size=1 if batch_size is None else batch_size, **common)
         if batch_size is not None:
             raise ValueError("`batch_size` applies to segmentation (`image=`), not to synthesis (`mask=`).")
-        return self.synthesize(mask, perturbation=0.05 if perturbation is None else perturbation,
+        return self.synthesize(mask, perturbation=perturbation,
                                num_images_per_mask=1 if num_images_per_mask is None else num_images_per_mask,
                                **common)
 

@@ -158,6 +158,11 @@ def test_card_without_synthesis_or_eval(tmp_path):
     text = write_model_card(str(folder), cfg, {"class_names": CAMVID_CLASSES, "ignore_index": 11}, result, None, "CPU")
     card = ModelCard(text)
     assert card.data.eval_results is None and "(not evaluated)" in text and card.data.license == "apache-2.0"
+    assert "trained from scratch" in text
+    # A warm-started run (init_from) says so: its steps and wall time are only this run's.
+    text = write_model_card(str(folder), dict(cfg, init_from="runs/v2/final"),
+                            {"class_names": CAMVID_CLASSES, "ignore_index": 11}, result, None, "CPU")
+    assert "warm-started from the weights of `runs/v2/final`" in text and "trained from scratch" not in text
 
 
 def test_baseline_card_and_its_usage_code(tmp_path, monkeypatch):

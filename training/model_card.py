@@ -278,8 +278,12 @@ def write_model_card(folder: str, cfg: Dict[str, Any], info: Dict[str, Any], res
     n_train = _num_train_images(cfg, result)
     short = ds.get("short", ds["name"])
     frames = f"{n_train} {short} frames" if n_train else f"the {ds['name']} {cfg['train_split']} split"
-    origin = (f"fine-tuned from `{cfg['pretrained_model_name_or_path']}`" if cfg.get("pretrained_model_name_or_path")
-              else "trained from scratch")
+    if cfg.get("pretrained_model_name_or_path"):
+        origin = f"fine-tuned from `{cfg['pretrained_model_name_or_path']}`"
+    elif cfg.get("init_from"):  # the wall time and steps below are this run's only
+        origin = f"warm-started from the weights of `{cfg['init_from']}` (see its history) and trained further"
+    else:
+        origin = "trained from scratch"
     device = "a CPU" if "CPU" in (hardware or "") else (hardware or "unknown hardware")
     paper = f"[Wang et al., NeurIPS 2024](https://arxiv.org/abs/{PAPER_ARXIV})"
     if is_ce:

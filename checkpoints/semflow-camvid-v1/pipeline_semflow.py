@@ -815,10 +815,10 @@ class SemFlowPipeline(DiffusionPipeline):
             callback_on_step_end, callback_on_step_end_tensor_inputs: see :meth:`integrate`.
         """
         if num_inference_steps is None:
-            num_inference_steps = self.config.get("default_synthesis_num_inference_steps") or \
-                self.config.default_num_inference_steps
+            num_inference_steps = (self.config.default_synthesis_num_inference_steps
+                                   or self.config.default_num_inference_steps)
         if perturbation is None:
-            perturbation = self.config.get("default_synthesis_perturbation", 0.05)
+            perturbation = self.config.default_synthesis_perturbation
         steps = num_inference_steps
         self.check_inputs(steps, processing_resolution, 1, output_type, perturbation, num_images_per_mask,
                           generator, callback_on_step_end_tensor_inputs)

@@ -151,11 +151,18 @@ def render(res) -> str:
                      f"{s['sec_per_image']:.3f}" if s else "-",
                      f"{y['synth_miou']:.3f}" if y else "-", f"{y['ratio']:.2f}" if y else "-",
                      f"{y['diversity_abs_diff']:.3f}" if y else "-", f"{y['diversity_std']:.3f}" if y else "-",
+                     f"{y.get('diversity_blur4', float('nan')):.3f}" if y else "-",
                      f"{y['sharpness_ratio']:.2f}" if y else "-", f"{y['frechet_distance']:.2f}" if y else "-",
+                     f"{y.get('kid_lite0', float('nan')):.4f}" if y else "-", f"{y.get('c2st', float('nan')):.3f}" if y else "-",
                      f"{y['sec_per_image']:.3f}" if y else "-"])
     out.append(markdown(rows, ["solver", "steps", "network calls", "segmentation mIoU", "pixel acc", "seg s/image",
                                "baseline mIoU on synthesized", "layout fidelity", "two-seed mean abs diff",
-                               "pixel std (4 seeds)", "sharpness ratio", "Fréchet distance", "synth s/image"]))
+                               "pixel std (4 seeds)", "blurred (r=4) abs diff", "sharpness ratio", "Fréchet distance",
+                               "KID (Lite0)", "patch C2ST", "synth s/image"]))
+    cal = next((r["c2st_calibration"] for r in res["synthesis"] if r.get("c2st_calibration")), None)
+    if cal:
+        out.append("\nPatch C2ST (held-out accuracy telling each real frame from the other image; 0.5 = "
+                   "indistinguishable) for references: " + ", ".join(f"{k} {v:.3f}" for k, v in cal.items()) + ".")
     if "baseline_real_miou" in res:
         out.append(f"\nCE baseline (same UNet, cross-entropy) on the real val photos: mIoU "
                    f"**{res['baseline_real_miou']:.3f}** ({res['baseline_sec_per_image']:.3f} s/image).")

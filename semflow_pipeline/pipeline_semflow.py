@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -118,7 +119,8 @@ class SemFlowPipeline(DiffusionPipeline):
     """Segmentation and semantic image synthesis with SemFlow (Wang et al., NeurIPS 2024).
 
     Args:
-        unet: `UNet2DModel` (pixel mode) or `UNet2DConditionModel` (latent mode, fed the empty-prompt embedding).
+        unet: `UNet2DModel` or `SemFlowUNet2DModel` (pixel mode; the latter adds pretrained image features, see
+            `unet_semflow.py`) or `UNet2DConditionModel` (latent mode, fed the empty-prompt embedding).
             Its `in_channels` must match the state (checked here): pixel mode `codec.num_channels * space_to_depth**2`,
             latent mode the VAE's latent channels; its `out_channels` that times 2 for `prediction_type="endpoints"`.
         scheduler: `SemFlowScheduler`.
@@ -152,7 +154,7 @@ class SemFlowPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        unet: Union[UNet2DModel, UNet2DConditionModel],
+        unet: Union[UNet2DModel, UNet2DConditionModel, ModelMixin],  # ModelMixin: SemFlowUNet2DModel (own code)
         scheduler: SemFlowScheduler,
         vae: Optional[Union[AutoencoderKL, AutoencoderTiny]] = None,
         text_encoder: Optional[PreTrainedModel] = None,
@@ -984,6 +986,11 @@ class SemFlowPipeline(DiffusionPipeline):
         if "scheduler" not in kwargs:
             kwargs["scheduler"] = SemFlowScheduler.from_pretrained(folder, subfolder="scheduler")
             load_logger.info(f"Loaded scheduler as SemFlowScheduler from `scheduler` subfolder of {name}.")
+        for component, entry in index.items():
+            # A component saved with its own code (``unet/unet_semflow.py``): this package's class loads the weights.
+            if (isinstance(entry, list) and len(entry) == 2 and entry[0] in REMOTE_COMPONENT_LIBRARIES
+                    and component not in kwargs):
+                kwargs[component] = _load_package_component(folder, component, entry[1], kwargs)
         token = _LOADING_WITH_PACKAGE_CLASSES.set(True)
         try:
             pipe = super().from_pretrained(folder, **kwargs)
@@ -1000,6 +1007,9 @@ class SemFlowPipeline(DiffusionPipeline):
         if _LOADING_WITH_PACKAGE_CLASSES.get() and isinstance(config, dict):
             config = dict(config)
             config["_class_name"] = cls.__name__
+            for name, entry in config.items():  # components with their own code: passed in by from_pretrained
+                if isinstance(entry, list) and len(entry) == 2 and entry[0] in REMOTE_COMPONENT_LIBRARIES:
+                    config[name] = [None, None]
             if "scheduler" in config:
                 config["scheduler"] = [None, None]  # passed in by from_pretrained
         return config
@@ -1054,6 +1064,7 @@ def _check_components(folder: str, index: dict, passed: dict) -> None:
         library, class_name = entry
         if library is None:
             continue
+        library = __name__.rsplit(".", 1)[0] if library in REMOTE_COMPONENT_LIBRARIES else library
         sub = os.path.join(folder, name)
         if name == "scheduler":  # always loaded as this package's SemFlowScheduler
             config = os.path.join(sub, SemFlowScheduler.config_name)
@@ -1083,6 +1094,26 @@ REMOTE_CODE_FILES = {  # file in this package -> where a saved pipeline folder h
     "anchors.py": ["anchors.py"],
     "scheduling_semflow.py": ["scheduling_semflow.py", "scheduler/scheduling_semflow.py"],
 }
+# Model classes of this package that a saved folder carries as a component's code (``<component>/<module>.py``,
+# which diffusers loads with trust_remote_code): class name -> module file.
+REMOTE_COMPONENT_CODE = {"SemFlowUNet2DModel": "unet_semflow"}
+REMOTE_COMPONENT_LIBRARIES = set(REMOTE_COMPONENT_CODE.values())
+
+
+def _load_package_component(folder: str, component: str, class_name: str, kwargs: dict):
+    """Loads ``<folder>/<component>`` with this package's ``class_name``, honouring the loader's dtype / variant /
+    safetensors / low-memory arguments (a ``{"unet": ..., "default": ...}`` dtype dict too)."""
+    from . import unet_semflow
+
+    model_class = getattr(unet_semflow, class_name)
+    load = {k: kwargs[k] for k in ("variant", "use_safetensors", "low_cpu_mem_usage") if k in kwargs}
+    for key in ("dtype", "torch_dtype"):
+        dtype = kwargs.get(key)
+        if isinstance(dtype, dict):
+            dtype = dtype.get(component, dtype.get("default"))
+        if dtype is not None:
+            load["torch_dtype"] = dtype
+    return model_class.from_pretrained(os.path.join(folder, component), **load)
 
 
 def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
@@ -1099,6 +1130,11 @@ def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
         index = json.load(f)
     index["_class_name"] = ["pipeline_semflow", "SemFlowPipeline"]
     index["scheduler"] = ["scheduling_semflow", "SemFlowScheduler"]
+    for name, entry in index.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] in REMOTE_COMPONENT_CODE:
+            module = REMOTE_COMPONENT_CODE[entry[1]]
+            shutil.copyfile(os.path.join(here, module + ".py"), os.path.join(save_directory, name, module + ".py"))
+            index[name] = [module, entry[1]]
     with open(index_path, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")

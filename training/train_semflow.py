@@ -51,10 +51,14 @@ DEFAULTS: Dict[str, Any] = {
     "solver": "euler", "space_to_depth": 1, "block_out_channels": [32, 64, 128, 128], "layers_per_block": 1,
     "attention_levels": [], "norm_num_groups": 8, "pretrained_model_name_or_path": None,
     "init_from": None,  # pixel mode: a saved SemFlow pipeline folder whose unet weights start this run (warm start)
+    # pixel mode: "efficientnet-lite0" = SemFlowUNet2DModel (ImageNet-pretrained Lite0 trunk on the image channels)
+    "image_encoder": None, "feature_channels": 64, "encoder_lr_scale": 1.0,
     # flow
     "t_sampling": "uniform", "t_zero_prob": 0.0, "t_one_prob": 0.0, "t_beta_alpha": 0.5,
     "coupling": "paper", "coupling_noise_prob": 1.0, "perturbation": 0.05, "mask_ignore_in_loss": True, "mask_loss_weight": 1.0,
     "mask_ce_weight": 0.0, "mask_ce_scale": 4.0,
+    "mask_ce_class_balance": 0.0,  # CE class weights (median share / share) ** this (0 = unweighted)
+    "perceptual_weight": 0.0,  # frozen-Lite0 feature distance between the predicted image end and the photo
     # optimisation
     "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
     "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "auto", "seed": 0,
@@ -155,8 +159,11 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
     if cfg["mode"] == "pixel":
         c = AnchorCodec(cfg["palette"], k, info["ignore_index"]).num_channels
         s = int(cfg["space_to_depth"])
-        unet = build_unet(c * s * s, mult * c * s * s, (h // s, w // s), cfg["block_out_channels"],
-                          cfg["layers_per_block"], cfg["attention_levels"], cfg["norm_num_groups"])
+        if cfg["image_encoder"]:
+            unet = build_encoder_unet(cfg, c, mult, s)
+        else:
+            unet = build_unet(c * s * s, mult * c * s * s, (h // s, w // s), cfg["block_out_channels"],
+                              cfg["layers_per_block"], cfg["attention_levels"], cfg["norm_num_groups"])
         return SemFlowPipeline(unet=unet, scheduler=scheduler, id2label=id2label, label_colors=label_colors,
                                ignore_index=info["ignore_index"], palette=cfg["palette"], space_to_depth=s,
                                default_num_inference_steps=cfg["default_num_inference_steps"],
@@ -208,8 +215,44 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
                            default_processing_resolution=max(h, w))
 
 
+def build_encoder_unet(cfg: Dict[str, Any], state_channels: int, mult: int, s: int):
+    """``SemFlowUNet2DModel`` with the pretrained EfficientNet-Lite0 trunk (the UNet part laid out as build_unet's)."""
+    from semflow_pipeline.unet_semflow import SemFlowUNet2DModel
+
+    if cfg["image_encoder"] != "efficientnet-lite0":
+        raise ValueError(f"image_encoder must be null or 'efficientnet-lite0', got {cfg['image_encoder']!r}")
+    from training.pretrained import load_lite0
+
+    h, w = cfg["resolution"]
+    ref = build_unet(1, 1, (h // s, w // s), cfg["block_out_channels"], cfg["layers_per_block"],
+                     cfg["attention_levels"], cfg["norm_num_groups"])  # only its block layout is used
+    model = SemFlowUNet2DModel(
+        sample_size=(h // s, w // s), in_channels=state_channels * s * s, out_channels=mult * state_channels * s * s,
+        block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg["layers_per_block"],
+        down_block_types=tuple(ref.config.down_block_types), up_block_types=tuple(ref.config.up_block_types),
+        norm_num_groups=cfg["norm_num_groups"], attention_head_dim=ref.config.attention_head_dim,
+        space_to_depth=s, image_channels=3, feature_channels=int(cfg["feature_channels"]),
+    )
+    load_lite0(model.encoder)
+    return model
+
+
+def class_weights(dataset, num_classes: int, ignore_index: Optional[int], power: float) -> Optional[torch.Tensor]:
+    """Cross-entropy class weights ``(median share / share) ** power`` from the training labels (None if off)."""
+    if not power:
+        return None
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for i in range(len(dataset)):
+        lab = dataset.raw(i)[1].long().flatten()
+        lab = lab[(lab >= 0) & (lab < num_classes)]
+        counts += torch.bincount(lab, minlength=num_classes).double()
+    share = counts / counts.sum()
+    w = (share.median() / share.clamp_min(1e-8)) ** float(power)
+    return (w / (w * share).sum()).float()  # mean weight per labelled pixel = 1
+
+
 # ------------------------------------------------------------------------------------------------- loss
-def semflow_loss(pipe, batch, cfg, generator, model=None) -> torch.Tensor:
+def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_weight=None) -> torch.Tensor:
     """``model``: the accelerate-prepared UNet (DDP/autocast), run through ``pipe.predict(..., unet=model)``.
 
     MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W)."""
@@ -237,8 +280,13 @@ def semflow_loss(pipe, batch, cfg, generator, model=None) -> torch.Tensor:
             # MSE alone gives rare classes too little pull (see the ablation); near the anchors this term
             # saturates, so the mask head still lands on the anchors the ODE and the decoder expect.
             logits = pred[:, :c][:, pipe.codec.class_channels] * float(cfg["mask_ce_scale"])
-            ce = F.cross_entropy(logits.float(), labels, ignore_index=ignore)
+            ce = F.cross_entropy(logits.float(), labels, weight=ce_weight, ignore_index=ignore)
             loss = loss + float(cfg["mask_ce_weight"]) * ce
+        if perceptual is not None and float(cfg["perceptual_weight"]) > 0:
+            # The predicted image end against the photo in pretrained feature space: MSE alone learns the blurred
+            # conditional mean, whose residue stays in the samples as grain (2-RF++ replaces MSE by LPIPS).
+            image_hat = pipe.codec.image_from_state(pred[:, c:])
+            loss = loss + float(cfg["perceptual_weight"]) * perceptual(image_hat.float(), images.float()).mean()
         return loss
     return err.mean()
 
@@ -288,20 +336,38 @@ def init_unet_from(unet, folder: str) -> None:
     """Warm start: copy ``<folder>/unet`` weights (a saved SemFlow pipeline) into the freshly built ``unet``.
 
     The architectures must match exactly; a mismatch names the first differing tensor instead of loading
-    part of the weights silently. Optimizer, schedule and step count start fresh (unlike a resume)."""
+    part of the weights silently. Optimizer, schedule and step count start fresh (unlike a resume).
+    A ``SemFlowUNet2DModel`` may also start from a plain ``UNet2DModel`` of its inner UNet's layout: the inner UNet
+    takes its weights, the feature channels of ``conv_in`` start at zero (so the start behaves as the source
+    model) and the pretrained trunk stays as built."""
     from diffusers import UNet2DModel
+    from safetensors.torch import load_file
+
+    from semflow_pipeline.unet_semflow import SemFlowUNet2DModel
 
     path = os.path.join(folder, "unet")
     if not os.path.isdir(path):
         raise SystemExit(f"init_from: {path} not found (expected a saved SemFlow pipeline folder)")
-    src = UNet2DModel.from_pretrained(path).state_dict()
-    dst = unet.state_dict()
+    with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
+        src_class = json.load(f).get("_class_name")
+    src = load_file(os.path.join(path, "diffusion_pytorch_model.safetensors"))
+    target = unet
+    if isinstance(unet, SemFlowUNet2DModel) and src_class == UNet2DModel.__name__:
+        target = unet.unet
+        w = src["conv_in.weight"]
+        extra = target.conv_in.weight.shape[1] - w.shape[1]
+        if extra > 0:
+            src["conv_in.weight"] = torch.cat([w, w.new_zeros(w.shape[0], extra, *w.shape[2:])], dim=1)
+    dst = target.state_dict()
     for name, tensor in dst.items():
         if name not in src or src[name].shape != tensor.shape:
             got = tuple(src[name].shape) if name in src else "missing"
             raise SystemExit(f"init_from: {folder} does not match this config's UNet ({name}: "
                              f"{tuple(tensor.shape)} here, {got} there)")
-    unet.load_state_dict(src, strict=True)
+    unexpected = sorted(set(src) - set(dst))
+    if unexpected:
+        raise SystemExit(f"init_from: {folder} has weights this config's UNet lacks ({unexpected[0]}, ...)")
+    target.load_state_dict(src, strict=True)
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -614,8 +680,22 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         raise ValueError(f"objective must be semflow, ce or mse, got {cfg['objective']!r}")
     n_params = sum(p.numel() for p in model.parameters())
 
-    optimizer = torch.optim.AdamW(model.parameters(), lr=float(cfg["learning_rate"]),
-                                  weight_decay=float(cfg["weight_decay"]))
+    lr = float(cfg["learning_rate"])
+    trunk = list(model.encoder.parameters()) if hasattr(model, "encoder") else []
+    trunk_ids = {id(p) for p in trunk}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in trunk_ids], "lr": lr}]
+    if trunk:  # the pretrained trunk moves more slowly than the parts that start from scratch
+        groups.append({"params": trunk, "lr": lr * float(cfg["encoder_lr_scale"])})
+    optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=float(cfg["weight_decay"]))
+    perceptual = ce_weight = None
+    if pipe is not None and float(cfg["perceptual_weight"]) > 0:
+        from training.pretrained import PerceptualLoss
+        perceptual = PerceptualLoss().to(accelerator.device)
+    if pipe is not None:
+        ce_weight = class_weights(train_ds, k, ignore, float(cfg["mask_ce_class_balance"]))
+        if ce_weight is not None:
+            ce_weight = ce_weight.to(accelerator.device)
+            accelerator.print("CE class weights: " + ", ".join(f"{n} {w:.2f}" for n, w in zip(info["class_names"], ce_weight.tolist())))
     lr_sched = torch.optim.lr_scheduler.LambdaLR(optimizer, make_lr_lambda(cfg))
     ema = None
     if cfg["ema"]:
@@ -709,7 +789,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         batch = {k_: v.to(accelerator.device) for k_, v in batches(step).items()}
         with accelerator.autocast():
             if pipe is not None:
-                loss = semflow_loss(pipe, batch, cfg, gen, model)
+                loss = semflow_loss(pipe, batch, cfg, gen, model, perceptual, ce_weight)
             else:
                 loss = ce_loss(model, batch, cfg, ignore)
         accelerator.backward(loss)

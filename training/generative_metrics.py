@@ -190,6 +190,11 @@ def patch_c2st(real: Sequence[np.ndarray], other: Sequence[np.ndarray], patch: i
     frame i), so that the critic can only use texture and detail, not scene content. Image pairs are split in
     halves: the critic is fitted on patches of the first half and scored on patches of the second.
     """
+    with torch.inference_mode(False), torch.enable_grad():  # callers may score under inference_mode
+        return _patch_c2st(real, other, patch, per_image, iters, batch_size, seed)
+
+
+def _patch_c2st(real, other, patch, per_image, iters, batch_size, seed) -> float:
     rng = np.random.default_rng(seed)
     n = min(len(real), len(other))
     order = rng.permutation(n)

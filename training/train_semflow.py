@@ -67,7 +67,7 @@ DEFAULTS: Dict[str, Any] = {
     "output_dir": "runs/semflow-camvid", "checkpointing_steps": 200, "checkpoints_total_limit": 2,
     "stop_at_step": None,  # save a checkpoint and exit there (time-sliced jobs; tests)
     "log_every": 10, "val_every": 400, "val_num_inference_steps": 1, "tensorboard": True,
-    "default_num_inference_steps": 1, "processing_resolution": None, "eval_num_inference_steps": [1, 2, 5], "final_eval": True,
+    "default_num_inference_steps": 1, "default_synthesis_num_inference_steps": None, "processing_resolution": None, "eval_num_inference_steps": [1, 2, 5], "final_eval": True,
     "license": "apache-2.0", "hub_model_id": None,
 }
 
@@ -168,7 +168,8 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
                                ignore_index=info["ignore_index"], palette=cfg["palette"], space_to_depth=s,
                                default_num_inference_steps=cfg["default_num_inference_steps"],
                                default_processing_resolution=int(cfg["processing_resolution"] or max(h, w)),
-                               coupling=cfg["coupling"])
+                               coupling=cfg["coupling"],
+                               default_synthesis_num_inference_steps=cfg["default_synthesis_num_inference_steps"])
     if cfg["mode"] != "latent":
         raise ValueError(f"mode must be pixel or latent, got {cfg['mode']!r}")
     from diffusers import AutoencoderKL, UNet2DConditionModel

@@ -21,8 +21,8 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "semflow-camvid"
-REQUIRED_REPO_FILES = ("model_index.json", "pipeline_semflow.py", "anchors.py", "scheduling_semflow.py",
-                       "scheduler/scheduler_config.json", "scheduler/scheduling_semflow.py")
+REQUIRED_REPO_FILES = ("model_index.json", "pipeline_semflow.py", "anchors.py", "image_processing.py",
+                       "scheduling_semflow.py", "scheduler/scheduler_config.json", "scheduler/scheduling_semflow.py")
 
 
 # Inputs above this many pixels are downscaled before the model (which works at a few hundred pixels anyway)

@@ -66,7 +66,7 @@ def to_image_tensor(image: Any, name: str = "image", float_range_margin: float =
     is_float = False
     if isinstance(image, PIL.Image.Image):
         if image.mode == "F":
-            arr = np.asarray(image, dtype=np.float32)
+            arr = np.array(image, dtype=np.float32)  # a writable copy
             check_finite(torch.from_numpy(arr), name)
             hi = float(arr.max()) if arr.size else 0.0
             if hi > 1 + float_range_margin:  # PIL's own scale for mode F (convert("L") reads it as 0..255)

@@ -347,6 +347,21 @@ def check_inputs(
                 "memory grows linearly with it; call again with another generator seed for more, or")
 
 
+def resolve_num_images_per_mask(num_images_per_mask: Any = None, num_images_per_prompt: Any = None) -> Any:
+    """``num_images_per_mask``, or its alias ``num_images_per_prompt`` (diffusers' usual name), default 1.
+
+    Both given and different raises a ValueError; so does an alias that is not a positive integer (the name the
+    caller used is the one the message gives).
+    """
+    if num_images_per_prompt is None:
+        return 1 if num_images_per_mask is None else num_images_per_mask
+    as_positive_int(num_images_per_prompt, "num_images_per_prompt")
+    if num_images_per_mask is not None and num_images_per_mask != num_images_per_prompt:
+        raise ValueError(f"`num_images_per_prompt` is an alias of `num_images_per_mask`; pass one of them, not "
+                         f"both with different values ({num_images_per_prompt!r} and {num_images_per_mask!r}).")
+    return num_images_per_prompt
+
+
 def check_bound(name: str, value, limit: Optional[int], why: str) -> None:
     """Raises a ValueError when ``value`` exceeds ``limit`` (None: unbounded), saying how to raise the bound."""
     if limit is None or int(value) <= limit:

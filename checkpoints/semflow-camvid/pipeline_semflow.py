@@ -45,6 +45,7 @@ from .image_processing import (
     check_inputs,
     color_table,
     mask_from_colors,
+    resolve_num_images_per_mask,
     to_image_tensor,
     to_label_map,
 )
@@ -600,7 +601,7 @@ class SemFlowPipeline(DiffusionPipeline):
         mask: Any,
         num_inference_steps: Optional[int] = None,
         perturbation: Optional[float] = None,
-        num_images_per_mask: int = 1,
+        num_images_per_mask: Optional[int] = None,
         generator: Optional[Union[torch.Generator, list]] = None,
         processing_resolution: Optional[int] = None,
         match_input_resolution: bool = True,
@@ -608,6 +609,7 @@ class SemFlowPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[list] = None,
+        num_images_per_prompt: Optional[int] = None,
     ) -> Union[SemFlowSynthesisOutput, tuple]:
         """Synthesizes images from masks: backward ODE from the finitely perturbed anchor mask (t=1) to t=0.
 
@@ -621,7 +623,9 @@ class SemFlowPipeline(DiffusionPipeline):
                 ``pipe.codec.max_perturbation`` so that no pixel changes class. With the paper's coupling it is the
                 only source of variety (larger β -> more); with ``coupling="gaussian"`` the image-channel noise is.
                 Any real number type (e.g. ``np.float32``).
-            num_images_per_mask: samples per mask (each with its own perturbation and noise).
+            num_images_per_mask: samples per mask (each with its own perturbation and noise; default 1).
+            num_images_per_prompt: diffusers' usual name for ``num_images_per_mask``, accepted as an alias (give
+                one, or both equal).
             generator: seeds the perturbation and the Gaussian noise (the ODE itself is deterministic). One
                 ``torch.Generator`` for everything, or a list with one per output image (``len(masks) *
                 num_images_per_mask``, mask-major): image ``i`` is then what a single-image call with
@@ -635,6 +639,7 @@ class SemFlowPipeline(DiffusionPipeline):
                                    or self.config.default_num_inference_steps)
         if perturbation is None:
             perturbation = self.config.default_synthesis_perturbation
+        num_images_per_mask = resolve_num_images_per_mask(num_images_per_mask, num_images_per_prompt)
         steps = num_inference_steps
         self.check_inputs(steps, processing_resolution, 1, output_type, perturbation, num_images_per_mask,
                           generator, callback_on_step_end_tensor_inputs)
@@ -695,6 +700,7 @@ class SemFlowPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[list] = None,
+        num_images_per_prompt: Optional[int] = None,
     ) -> Union[SemFlowSegmentationOutput, SemFlowSynthesisOutput, tuple]:
         """``pipe(image=...)`` segments (:meth:`segment`), ``pipe(mask=...)`` synthesizes (:meth:`synthesize`);
         give exactly one. There is no text prompt.
@@ -707,7 +713,8 @@ class SemFlowPipeline(DiffusionPipeline):
                 unused when segmenting).
             batch_size: segmentation only (images per network call, default 1).
             perturbation, num_images_per_mask: synthesis only (defaults: the config's
-                ``default_synthesis_perturbation``, and 1).
+                ``default_synthesis_perturbation``, and 1); ``num_images_per_prompt`` (diffusers' usual name) is an
+                alias of ``num_images_per_mask``.
             output_type: default ``"np"`` when segmenting, ``"pil"`` when synthesizing; ``"latent"`` returns the
                 raw end state of the ODE.
         """
@@ -727,16 +734,15 @@ class SemFlowPipeline(DiffusionPipeline):
         if output_type is not None:
             common["output_type"] = output_type
         if image is not None:
-            wrong = [k for k, v in (("perturbation", perturbation), ("num_images_per_mask", num_images_per_mask))
-                     if v is not None]
+            wrong = [k for k, v in (("perturbation", perturbation), ("num_images_per_mask", num_images_per_mask),
+                                    ("num_images_per_prompt", num_images_per_prompt)) if v is not None]
             if wrong:
                 raise ValueError(f"{wrong} apply to synthesis (`mask=`), not to segmentation (`image=`).")
             return self.segment(image, batch_size=1 if batch_size is None else batch_size, **common)
         if batch_size is not None:
             raise ValueError("`batch_size` applies to segmentation (`image=`), not to synthesis (`mask=`).")
-        return self.synthesize(mask, perturbation=perturbation,
-                               num_images_per_mask=1 if num_images_per_mask is None else num_images_per_mask,
-                               **common)
+        return self.synthesize(mask, perturbation=perturbation, num_images_per_mask=num_images_per_mask,
+                               num_images_per_prompt=num_images_per_prompt, **common)
 
     # --------------------------------------------------------------------------------------- visualisation
     def colorize(self, labels: Union[np.ndarray, torch.Tensor]) -> np.ndarray:

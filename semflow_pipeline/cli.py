@@ -398,7 +398,7 @@ def validate_push_folder(model_dir: Path, repo_id: str) -> list[str]:
         print("semflow: warning: no README.md model card in the folder", file=sys.stderr)
     elif repo_id not in (model_dir / "README.md").read_text(encoding="utf-8", errors="replace"):
         print(f"semflow: warning: the model card's usage code does not load {repo_id!r}; regenerate the card with "
-              f"`python training/model_card.py RUN_DIR {model_dir} --repo-id {repo_id}`", file=sys.stderr)
+              f"`python training/model_card.py {model_dir} --repo-id {repo_id}`", file=sys.stderr)
     return files
 
 

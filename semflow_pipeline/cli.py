@@ -21,8 +21,8 @@ from pathlib import Path
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DEFAULT_MODEL = Path(__file__).resolve().parents[1] / "checkpoints" / "semflow-camvid"
-REQUIRED_REPO_FILES = ("model_index.json", "pipeline_semflow.py", "anchors.py", "scheduling_semflow.py",
-                       "scheduler/scheduler_config.json", "scheduler/scheduling_semflow.py")
+REQUIRED_REPO_FILES = ("model_index.json", "pipeline_semflow.py", "anchors.py", "image_processing.py",
+                       "scheduling_semflow.py", "scheduler/scheduler_config.json", "scheduler/scheduling_semflow.py")
 
 
 # Inputs above this many pixels are downscaled before the model (which works at a few hundred pixels anyway)
@@ -31,6 +31,44 @@ REQUIRED_REPO_FILES = ("model_index.json", "pipeline_semflow.py", "anchors.py", 
 # Inputs at or below it give exactly the pipeline's results. Above PIL's decompression-bomb limit (about 179 MP)
 # a file is refused with PIL's DecompressionBombError.
 MAX_MODEL_INPUT_PIXELS = 4_000_000
+
+
+def _number(kind, minimum, what: str):
+    """An argparse ``type`` that refuses, at parse time (before anything is loaded), a value that is not ``kind`` or
+    is below ``minimum``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or value != value or value in (float("inf"), float("-inf")) or value < minimum:
+            raise argparse.ArgumentTypeError(f"must be {what}; got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its own messages
+    return parse
+
+
+positive_int = _number(int, 1, "a positive integer")
+non_negative_int = _number(int, 0, "a non-negative integer (0 = native)")
+non_negative_float = _number(float, 0.0, "a non-negative number")
+
+
+def check_limits(args) -> None:
+    """Refuses, before the model is loaded, what every model would refuse for any file: values above the pipeline's
+    cost bounds (``SemFlowPipeline.max_*``), named with how to raise them."""
+    from semflow_pipeline import SemFlowPipeline
+
+    for option, attr, value in (("--num-inference-steps", "max_num_inference_steps",
+                                 getattr(args, "num_inference_steps", None)),
+                                ("--processing-resolution", "max_processing_resolution",
+                                 getattr(args, "processing_resolution", None)),
+                                ("--num-samples", "max_num_images_per_mask", getattr(args, "num_samples", None))):
+        limit = getattr(SemFlowPipeline, attr)
+        if value is not None and limit is not None and value > limit:
+            raise SystemExit(f"semflow: {option} {value} is above the pipeline's limit of {limit} "
+                             f"(SemFlowPipeline.{attr}); nothing was loaded or written")
 
 
 def default_model() -> str:
@@ -78,8 +116,11 @@ def output_stems(files: list[Path]) -> list[str]:
         if len(idx) > 1:
             for i in idx:
                 stems[i] = files[i].name.replace(".", "_")
-            print(f"semflow: {', '.join(files[i].name for i in idx)} share the name {files[idx[0]].stem!r}: their "
-                  f"outputs are named {', '.join(stems[i] + '_*' for i in idx)}", file=sys.stderr)
+            renamed = [i for i in idx if sum(stems[j].casefold() == stems[i].casefold() for j in idx) == 1]
+            if len(renamed) > 1:  # only the renames that do tell the outputs apart; a clash left is refused below
+                print(f"semflow: {', '.join(files[i].name for i in renamed)} share the name "
+                      f"{files[renamed[0]].stem!r}: their outputs are named "
+                      f"{', '.join(stems[i] + '_*' for i in renamed)}", file=sys.stderr)
     owner: dict = {}
     clashes = []
     for i, s in enumerate(stems):
@@ -141,11 +182,12 @@ def for_each_file(args, name: str, work) -> int:
 
     import torch
 
+    files = expand_inputs(args.inputs)
+    stems = output_stems(files)
+    check_limits(args)
     # Without a GPU, cpu=True makes a multi-process launch (torchrun env) join a gloo group instead of each
     # process thinking it is alone.
     state = PartialState(cpu=not torch.cuda.is_available())
-    files = expand_inputs(args.inputs)
-    stems = output_stems(files)
     pipe = load_pipeline(args.model, state.device)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -155,7 +197,7 @@ def for_each_file(args, name: str, work) -> int:
             try:
                 work(pipe, i, f, out, stems[i])
             except Exception as e:
-                print(f"semflow: skipped {f}: {type(e).__name__}: {e}", file=sys.stderr)
+                tqdm.write(f"semflow: skipped {f}: {type(e).__name__}: {e}", file=sys.stderr)  # above the bar
                 failed += 1
         if state.num_processes > 1:
             print(f"semflow: process {state.process_index + 1}/{state.num_processes}: {len(mine)} files", file=sys.stderr)
@@ -356,7 +398,7 @@ def validate_push_folder(model_dir: Path, repo_id: str) -> list[str]:
         print("semflow: warning: no README.md model card in the folder", file=sys.stderr)
     elif repo_id not in (model_dir / "README.md").read_text(encoding="utf-8", errors="replace"):
         print(f"semflow: warning: the model card's usage code does not load {repo_id!r}; regenerate the card with "
-              f"`python training/model_card.py RUN_DIR {model_dir} --repo-id {repo_id}`", file=sys.stderr)
+              f"`python training/model_card.py {model_dir} --repo-id {repo_id}`", file=sys.stderr)
     return files
 
 
@@ -450,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, title="commands", metavar="COMMAND")
     model_help = "pipeline folder or Hub repo id (env SEMFLOW_MODEL overrides the default)"
     steps_help = "Euler steps of the ODE (default: the model's default_num_inference_steps)"
+    synthesis_steps_help = ("Euler steps of the ODE (default: the model's default_synthesis_num_inference_steps, "
+                            "else its default_num_inference_steps)")
 
     seg = sub.add_parser("segment", help="segment images (files or folders) into label-id and colour PNGs",
                          description="Segment photos: writes OUT/<name>_labels.png (class ids) and "
@@ -459,8 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("-o", "--output-dir", required=True, metavar="OUT",
                      help="folder for the outputs (created if missing)")
     seg.add_argument("--model", default=default_model(), help=model_help)
-    seg.add_argument("--num-inference-steps", type=int, default=None, help=steps_help)
-    seg.add_argument("--processing-resolution", type=int, default=None,
+    seg.add_argument("--num-inference-steps", type=positive_int, default=None, help=steps_help)
+    seg.add_argument("--processing-resolution", type=non_negative_int, default=None,
                      help="longest side the model sees, in pixels (default: the model's default_processing_resolution)")
     seg.add_argument("--save-confidence", action="store_true", help="also write OUT/<name>_confidence.png (0-255)")
     seg.set_defaults(func=run_segment)
@@ -472,11 +516,12 @@ def build_parser() -> argparse.ArgumentParser:
     syn.add_argument("-o", "--output-dir", required=True, metavar="OUT",
                      help="folder for the outputs (created if missing)")
     syn.add_argument("--model", default=default_model(), help=model_help)
-    syn.add_argument("--num-samples", type=int, default=1, help="images per mask")
+    syn.add_argument("--num-samples", type=positive_int, default=1, help="images per mask")
     syn.add_argument("--seed", type=int, default=0, help="random seed; the i-th mask uses SEED + i")
-    syn.add_argument("--perturbation", type=float, default=0.05,
-                     help="strength of the random perturbation of the mask (more varied, less faithful images)")
-    syn.add_argument("--num-inference-steps", type=int, default=None, help=steps_help)
+    syn.add_argument("--perturbation", type=non_negative_float, default=None,
+                     help="strength of the random perturbation of the mask, more varied and less faithful images "
+                          "(default: the model's default_synthesis_perturbation)")
+    syn.add_argument("--num-inference-steps", type=positive_int, default=None, help=synthesis_steps_help)
     syn.set_defaults(func=run_synthesize)
 
     push = sub.add_parser(

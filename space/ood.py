@@ -141,7 +141,7 @@ def calibrate(model: str, data_root: str, steps_list: list[int], false_alarm: fl
 
     from .inputs import load_photo
     from .model import SpaceModel
-    from .ui import WORK_MAX_SIDE
+    from .limits import WORK_MAX_SIDE
 
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     m = SpaceModel(model)

@@ -43,17 +43,11 @@ logger = logging.getLogger("semflow.space")
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 
 # ------------------------------------------------------------------------------------------------ limits
-# Every request's cost is bounded by these (benchmarks/app_limits.py measures the worst allowed request).
-MAX_UPLOAD_BYTES = inputs.MAX_FILE_BYTES  # gradio's max_file_size (launch) and the handlers' own check
-MAX_PIXELS = inputs.MAX_PIXELS  # decode limit of an upload
-WORK_MAX_SIDE = 1024  # photos are reduced to this long side on load; results are shown at that size
-MASK_MAX_SIDE = 1024  # masks and canvases are reduced (nearest) to this; synthesized images come back at it
-MAX_STEPS = 25  # steps of any one integration
-MAX_SAMPLES = 8  # synthesized images per request
-MAX_SYNTHESIS_CALLS = 100  # samples x network calls per synthesis request
-MAX_FLOW_STEPS = 25  # Flow: steps (frames shown: at most MAX_FLOW_FRAMES per direction)
-SEED_MAX = 2**63 - 1
-CANVAS_SIZE = (480, 360)  # CamVid's frame (W, H)
+# In space/limits.py (ood.py reads them too); imported here under their old names.
+from .limits import (  # noqa: E402,F401
+    CANVAS_SIZE, MASK_MAX_SIDE, MAX_FLOW_STEPS, MAX_PIXELS, MAX_SAMPLES, MAX_STEPS, MAX_SYNTHESIS_CALLS,
+    MAX_UPLOAD_BYTES, SEED_MAX, WORK_MAX_SIDE,
+)
 
 CSS = """
 .legend table { border-collapse: collapse; font-size: 0.9em; }

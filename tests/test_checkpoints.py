@@ -41,3 +41,11 @@ def test_checkpoint_weights_are_small_safetensors_with_a_model_card(folder):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] in ("diffusers", "semflow") and meta["pipeline_tag"] == "image-segmentation"
     assert "mIoU" in card
+
+
+@pytest.mark.parametrize("folder", sorted(p for p in (ROOT / "checkpoints").iterdir() if p.is_dir()),
+                         ids=lambda p: p.name)
+def test_checkpoint_cards_link_the_dataset(folder):
+    # Issue 17 item 19: a top-level `datasets:` field, so that the Hub links the model to its training data.
+    meta = yaml.safe_load((folder / "README.md").read_text().split("---")[1])
+    assert meta.get("datasets") == ["camvid"]

@@ -79,7 +79,9 @@ def test_missing_model_and_inputs_are_clear_errors(model_dir, tmp_path):
 def test_accelerate_launch_splits_files_across_two_processes(model_dir, photos, tmp_path):
     out1, out2 = tmp_path / "one", tmp_path / "two"
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    subprocess.run(["semflow", "segment", str(photos), "-o", str(out1), "--model", str(model_dir)],
+    # Through sys.executable, not PATH: the tests also run with the venv not activated (`venv/bin/pytest`).
+    subprocess.run([sys.executable, "-m", "semflow_pipeline.cli", "segment", str(photos), "-o", str(out1),
+                    "--model", str(model_dir)],
                    check=True, env=env, capture_output=True, timeout=300)
     # `--cpu --num_processes 2` starts a single process in accelerate 1.x; the multi-process launcher with no
     # visible GPU gives two real CPU processes (gloo).
@@ -119,3 +121,72 @@ def test_push_refuses_an_incomplete_folder(model_dir, tmp_path):
     (partial / "pipeline_semflow.py").unlink()
     with pytest.raises(SystemExit, match="pipeline_semflow.py"):
         main(["push", str(partial), "user/x", "--dry-run"])
+
+
+# ------------------------------------------------------------------------ issue 17 items 9-11: CLI rough edges
+def _help(command, capsys):
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+    return " ".join(capsys.readouterr().out.split())
+
+
+def test_synthesize_help_names_the_synthesis_defaults(capsys):
+    text = _help("synthesize", capsys)
+    assert "default_synthesis_num_inference_steps" in text and "default_synthesis_perturbation" in text
+    assert "default_synthesis" not in _help("segment", capsys)
+
+
+def test_synthesize_uses_the_model_perturbation_when_none_is_given(model_dir, tmp_path, monkeypatch):
+    seen = []
+    real = SemFlowPipeline.synthesize
+
+    def spy(self, *args, **kwargs):
+        seen.append((kwargs["num_inference_steps"], kwargs["perturbation"]))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(SemFlowPipeline, "synthesize", spy)
+    PIL.Image.fromarray(np.full((16, 16), 3, np.uint8)).save(tmp_path / "m.png")
+    assert main(["synthesize", str(tmp_path / "m.png"), "-o", str(tmp_path / "o"), "--model", str(model_dir)]) == 0
+    assert seen == [(None, None)]  # the pipeline reads both from the model's config
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["segment", "--num-inference-steps", "0"], "must be a positive integer"),
+    (["segment", "--num-inference-steps", "1.5"], "must be a positive integer"),
+    (["segment", "--processing-resolution", "-1"], "non-negative integer"),
+    (["synthesize", "--num-samples", "0"], "must be a positive integer"),
+    (["synthesize", "--perturbation", "-0.1"], "non-negative number"),
+    (["synthesize", "--perturbation", "nan"], "non-negative number"),
+])
+def test_bad_arguments_are_refused_before_anything_is_loaded(argv, message, tmp_path, monkeypatch, capsys):
+    loads = []
+    monkeypatch.setattr("semflow_pipeline.cli.load_pipeline", lambda *a: loads.append(a))
+    PIL.Image.fromarray(np.full((16, 16), 3, np.uint8)).save(tmp_path / "x.png")
+    with pytest.raises(SystemExit) as e:
+        main([argv[0], str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), *argv[1:]])
+    assert e.value.code == 2 and message in capsys.readouterr().err
+    assert not loads and not (tmp_path / "o").exists()
+
+
+def test_steps_above_the_limit_are_refused_before_loading(tmp_path, monkeypatch):
+    loads = []
+    monkeypatch.setattr("semflow_pipeline.cli.load_pipeline", lambda *a: loads.append(a))
+    PIL.Image.fromarray(np.full((16, 16), 3, np.uint8)).save(tmp_path / "x.png")
+    with pytest.raises(SystemExit, match="above the pipeline's limit of 100"):
+        main(["synthesize", str(tmp_path / "x.png"), "-o", str(tmp_path / "o"), "--num-inference-steps", "101"])
+    assert not loads
+
+
+def test_same_file_name_in_two_folders_gets_no_meaningless_rename_message(tmp_path, capsys):
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        PIL.Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / sub / "a.png")
+    with pytest.raises(SystemExit, match="would write the same output files"):
+        main(["segment", str(tmp_path / "x"), str(tmp_path / "y"), "-o", str(tmp_path / "o")])
+    assert "share the name" not in capsys.readouterr().err
+    # With a third file (a.bmp) the names still clash: the refusal, without a rename that lists a.png twice.
+    PIL.Image.fromarray(np.zeros((4, 4), np.uint8)).save(tmp_path / "x" / "a.bmp")
+    with pytest.raises(SystemExit, match="would write the same output files"):
+        main(["segment", str(tmp_path / "x"), str(tmp_path / "y"), "-o", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert "a.png, a.png" not in err and "a_png_*, a_png_*" not in err

@@ -49,3 +49,30 @@ def test_every_option_has_a_description_and_its_default(name, capsys):
             assert re.search(r"\(default: [^)]", shown), f"{name} {label}: no default shown: {shown!r}"
         if action.default not in (None, False) and action.option_strings:
             assert f"(default: {action.default})" in shown, f"{name} {label}: default {action.default!r} not shown"
+
+
+def test_help_imports_no_heavy_library():
+    # Issue 17 item 14: `semflow --help` took ~8 s because torch and diffusers were imported before argparse ran.
+    # The package's names are imported lazily (PEP 562); --help must not touch them. (A time bound would be flaky
+    # on a loaded CI machine; what is imported is what decides the time.)
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom semflow_pipeline.cli import main\ntry:\n    main(['--help'])\nexcept SystemExit:\n"
+            "    pass\nfor command in ('segment', 'synthesize', 'push'):\n    try:\n        main([command, '--help'])\n"
+            "    except SystemExit:\n        pass\n"
+            "print('HEAVY', sorted(m for m in ('torch', 'diffusers', 'transformers', 'numpy', 'PIL', 'accelerate',"
+            " 'huggingface_hub') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "HEAVY []" in out.stdout, out.stdout[-500:]
+
+
+def test_the_package_names_still_import():
+    import semflow_pipeline
+
+    assert semflow_pipeline.SemFlowPipeline.__name__ == "SemFlowPipeline"
+    assert set(semflow_pipeline.__all__) <= set(dir(semflow_pipeline))
+    from semflow_pipeline import AnchorCodec, SemFlowScheduler  # noqa: F401
+    with pytest.raises(AttributeError):
+        semflow_pipeline.NoSuchName  # noqa: B018

@@ -207,3 +207,51 @@ def test_shipped_card_has_eval_results_and_the_licence(name):
     assert card.data.license == "apache-2.0" and card.data.eval_results
     assert model_index_to_eval_results(card.data.to_dict()["model-index"])[1] == card.data.eval_results
     assert "sign_symbol |" in card.text and "sign_symbo |" not in card.text and "../shared" not in card.text
+
+
+# ------------------------------------------------ issue 17 items 12 and 19: the card from a checkpoint folder alone
+def test_card_has_a_top_level_datasets_field(semflow_card):
+    _, text = semflow_card
+    assert yaml.safe_load(text.split("---")[1])["datasets"] == ["camvid"]
+
+
+def test_card_rewritten_from_a_checkpoint_folder_alone(tmp_path):
+    import shutil
+
+    from training.model_card import main as card_main
+
+    folder = tmp_path / "semflow-camvid"
+    folder.mkdir()
+    for name in ("README.md", "model_index.json"):  # no run folder: what a clone of the repository has
+        shutil.copyfile(ROOT / "checkpoints" / "semflow-camvid" / name, folder / name)
+    before = ModelCard.load(folder / "README.md")
+    card_main([str(folder), "--repo-id", "someone/semflow-camvid"])
+    card = ModelCard.load(folder / "README.md")
+    code = _first_code_block(card.text)[1]
+    assert 'DiffusionPipeline.from_pretrained("someone/semflow-camvid", trust_remote_code=True)' in code
+    assert '"checkpoints/semflow-camvid"' not in card.text
+    assert "--model someone/semflow-camvid " in card.text
+    assert card.data.datasets == ["camvid"]
+    assert card.data.eval_results == before.data.eval_results and card.data.license == "apache-2.0"
+    assert model_index_to_eval_results(card.data.to_dict()["model-index"])[0] == "semflow-camvid"
+    card_main([str(folder), "--repo-id", "other/name", "--dataset-id", "someone/camvid"])  # again: from the new id
+    card = ModelCard.load(folder / "README.md")
+    assert 'from_pretrained("other/name"' in card.text and card.data.datasets == ["someone/camvid"]
+
+
+def test_model_card_help_shows_each_default_once():
+    done = subprocess.run([sys.executable, str(ROOT / "training" / "model_card.py"), "--help"], capture_output=True,
+                          text=True, timeout=120)
+    text = " ".join(done.stdout.split())
+    assert done.returncode == 0 and "(default: None)" not in text
+    assert "(default: hub_model_id of the config, else DEST)" in text and "(default: apache-2.0)" in text
+
+
+def test_push_advice_names_a_command_that_works_without_a_run_folder(tmp_path, capsys):
+    from semflow_pipeline.cli import validate_push_folder
+
+    tiny_pixel_pipeline().save_pretrained(tmp_path)
+    (tmp_path / "README.md").write_text('---\nlibrary_name: diffusers\n---\nfrom_pretrained("x/y")\n')
+    validate_push_folder(tmp_path, "someone/semflow-camvid")
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"python training/model_card.py {tmp_path} --repo-id someone/semflow-camvid" in err and "RUN_DIR" not in err

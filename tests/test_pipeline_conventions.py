@@ -386,3 +386,23 @@ def test_synthesis_defaults_come_from_the_config_and_survive_save_load(tmp_path)
     a, b = (loaded.synthesize(mask, perturbation=0.2, generator=torch.Generator().manual_seed(s),
                               output_type="np").images for s in (0, 1))
     assert not np.array_equal(a, b)
+
+
+def test_num_images_per_prompt_is_an_alias_of_num_images_per_mask(pixel_pipe):
+    # Issue 17 item 18: diffusers' usual name was refused by synthesize and __call__.
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    ref = pixel_pipe.synthesize(MASK, num_inference_steps=2, num_images_per_mask=2, generator=g(),
+                                output_type="np").images
+    for out in (pixel_pipe.synthesize(MASK, num_inference_steps=2, num_images_per_prompt=2, generator=g(),
+                                      output_type="np").images,
+                pixel_pipe(mask=MASK, num_inference_steps=2, num_images_per_prompt=2, generator=g(),
+                           output_type="np").images,
+                pixel_pipe(mask=MASK, num_inference_steps=2, num_images_per_prompt=2, num_images_per_mask=2,
+                           generator=g(), output_type="np").images):
+        assert np.array_equal(out, ref)
+    with pytest.raises(ValueError, match="alias of `num_images_per_mask`"):
+        pixel_pipe.synthesize(MASK, num_images_per_mask=2, num_images_per_prompt=3)
+    with pytest.raises(ValueError, match="num_images_per_prompt"):
+        pixel_pipe.synthesize(MASK, num_images_per_prompt=0)
+    with pytest.raises(ValueError, match="synthesis"):
+        pixel_pipe(image=IMAGE, num_images_per_prompt=2)

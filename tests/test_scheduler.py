@@ -254,3 +254,20 @@ def test_wrong_channel_counts_say_what_the_prediction_type_needs():
     v.set_timesteps(2)
     with pytest.raises(ValueError, match="prediction_type='endpoints'"):
         v.step(torch.zeros(1, 6, 4, 4), v.timesteps[0], x)
+
+
+@pytest.mark.parametrize("solver", ["euler", "heun"])
+@pytest.mark.parametrize("direction", ["segment", "synthesize"])
+def test_a_step_after_the_last_timestep_is_a_clear_error(solver, direction):
+    # Issue 17 item 17: it used to return another result, as if there were a time after the end.
+    s = SemFlowScheduler(solver=solver)
+    s.set_timesteps(2, direction=direction)
+    x = v = torch.ones(1, 3, 2, 2)
+    for t in s.timesteps:
+        x = s.step(v, t, x).prev_sample
+    with pytest.raises(ValueError, match="integration is finished.*set_timesteps"):
+        s.step(v, s.timesteps[-1], x)
+    with pytest.raises(ValueError, match="integration is finished"):
+        s.step(v, s.timesteps[0], x)
+    s.set_timesteps(2, direction=direction)  # a new integration starts
+    assert s.step(v, s.timesteps[0], x).prev_sample.shape == x.shape

@@ -130,7 +130,8 @@ def test_two_process_cpu_launch(toy_root, tmp_path):
     out = tmp_path / "ddp"
     # accelerate's `--cpu` with --num_processes > 1 means mpirun; without MPI, torchrun (`--multi_gpu`) on a
     # machine with no visible GPU gives 2 CPU processes with the gloo backend.
-    cmd = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+    # Through sys.executable, not PATH: the tests also run with the venv not activated (`venv/bin/pytest`).
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
            "--mixed_precision", "no", "--dynamo_backend", "no", TRAIN,
            *_args(toy_root, out, "final_eval=false", "num_threads=1", steps=3)]
     r = subprocess.run(cmd, cwd=ROOT, env={**ENV, "CUDA_VISIBLE_DEVICES": ""}, capture_output=True, text=True,

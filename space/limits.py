@@ -1,0 +1,18 @@
+"""The app's limits: every request's cost is bounded by these (benchmarks/app_limits.py measures the worst allowed
+request). Their own module, so that ``ui`` (the page) and ``ood`` (the calibration, which feeds the model what the
+app feeds it) both read them without importing each other."""
+
+from __future__ import annotations
+
+from . import inputs
+
+MAX_UPLOAD_BYTES = inputs.MAX_FILE_BYTES  # gradio's max_file_size (launch) and the handlers' own check
+MAX_PIXELS = inputs.MAX_PIXELS  # decode limit of an upload
+WORK_MAX_SIDE = 1024  # photos are reduced to this long side on load; results are shown at that size
+MASK_MAX_SIDE = 1024  # masks and canvases are reduced (nearest) to this; synthesized images come back at it
+MAX_STEPS = 25  # steps of any one integration
+MAX_SAMPLES = 8  # synthesized images per request
+MAX_SYNTHESIS_CALLS = 100  # samples x network calls per synthesis request
+MAX_FLOW_STEPS = 25  # Flow: steps (frames shown: at most MAX_FLOW_FRAMES per direction)
+SEED_MAX = 2**63 - 1
+CANVAS_SIZE = (480, 360)  # CamVid's frame (W, H)

@@ -162,3 +162,27 @@ def test_hub_checkpoint_names_are_downloaded_with_hf_hub_download(monkeypatch, t
     assert calls == [{"repo_id": "chaoyangw/semflow", "filename": "face.pt"}]
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         resolve_checkpoint(str(tmp_path / "missing.pt"))
+
+
+def test_evaluate_scores_the_converted_model_on_a_folder_of_pairs(converted, tmp_path):
+    import json as _json
+
+    from training.evaluate import main as evaluate_main
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "pairs" / "images").mkdir(parents=True)
+    (tmp_path / "pairs" / "masks").mkdir()
+    from PIL import Image
+    for i in range(2):
+        Image.fromarray(rng.integers(0, 256, (RESOLUTION, RESOLUTION, 3), dtype=np.uint8)).save(
+            tmp_path / "pairs" / "images" / f"{i}.jpg")
+        Image.fromarray(rng.choice([*range(19), 255], (RESOLUTION, RESOLUTION)).astype(np.uint8)).save(
+            tmp_path / "pairs" / "masks" / f"{i}.png")
+    res = evaluate_main(["--model", str(converted["out"]), "--dataset", "folder", "--data-root",
+                         str(tmp_path / "pairs"), "--num-inference-steps", "1", "2", "--processing-resolution",
+                         str(RESOLUTION), "--json", str(tmp_path / "eval.json")])
+    rows = res["segmentation"]
+    assert [r["name"] for r in rows] == ["SemFlow 1 step", "SemFlow 2 steps"]
+    assert all(0.0 <= r["miou"] <= 1.0 and len(r["iou"]) == 19 for r in rows)
+    assert res["class_names"] == CELEBAMASK_HQ_CLASSES and res["num_images"] == 2
+    assert _json.loads((tmp_path / "eval.json").read_text())["segmentation"][1]["miou"] == rows[1]["miou"]

@@ -476,6 +476,25 @@ def run_push(args) -> int:
     return 0
 
 
+def run_convert_official(args) -> int:
+    import torch
+
+    from .convert_official import NotAStateDictError, convert_official
+
+    out = Path(args.output_dir)
+    if out.exists() and any(out.iterdir()) and not args.overwrite:
+        print(f"semflow: {out} exists and is not empty (pass --overwrite to write into it)", file=sys.stderr)
+        return 1
+    try:
+        convert_official(args.checkpoint, args.stable_diffusion, out, dtype=getattr(torch, args.dtype),
+                         prompt_embedding=args.prompt_embedding, num_inference_steps=args.num_inference_steps)
+    except (NotAStateDictError, FileNotFoundError, ValueError) as e:
+        print(f"semflow: convert-official failed: {e}", file=sys.stderr)
+        return 1
+    print(f"Wrote {out} (load with SemFlowPipeline.from_pretrained({str(out)!r}))")
+    return 0
+
+
 class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Appends each option's default to its help, except flags and options whose default means "not set"."""
 
@@ -545,6 +564,27 @@ def build_parser() -> argparse.ArgumentParser:
                       help="deprecated (it lands in the shell history): set HF_TOKEN or run `hf auth login` "
                            "(default: HF_TOKEN, else the token saved by `hf auth login`)")
     push.set_defaults(func=run_push)
+
+    conv = sub.add_parser(
+        "convert-official", help="turn the authors' face.pt (SD-1.5 UNet weights) into a SemFlowPipeline folder",
+        description="Build a SemFlowPipeline folder (Hub layout, safetensors, model card) from the authors' released "
+                    "checkpoint: SD-1.5's UNet config with the official weights, SD-1.5's VAE, the empty-prompt "
+                    "embedding precomputed and stored, the paper palette over CelebAMask-HQ's 19 classes, and the "
+                    "scheduler on the authors' timestep grid. The .pt is read with torch.load(weights_only=True).",
+        formatter_class=_HelpFormatter)
+    conv.add_argument("--checkpoint", required=True,
+                      help="face.pt: a local file, or OWNER/REPO/FILE on the Hub (chaoyangw/semflow/face.pt)")
+    conv.add_argument("--stable-diffusion", required=True, metavar="SD",
+                      help="a Stable Diffusion 1.5 folder (unet/, vae/, text_encoder/, tokenizer/) or its Hub id")
+    conv.add_argument("-o", "--output-dir", required=True, metavar="OUT", help="the pipeline folder to write")
+    conv.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                      help="dtype of the saved UNet and VAE weights")
+    conv.add_argument("--prompt-embedding", default=None, metavar="FILE",
+                      help="a precomputed empty-prompt embedding (safetensors, key prompt_embeds) "
+                           "(default: computed with SD's text_encoder/ and tokenizer/)")
+    conv.add_argument("--num-inference-steps", type=int, default=25, help="the default Euler steps (both directions)")
+    conv.add_argument("--overwrite", action="store_true", help="write into OUT even if it is not empty")
+    conv.set_defaults(func=run_convert_official)
     return parser
 
 

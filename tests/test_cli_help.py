@@ -8,7 +8,7 @@ import pytest
 
 from semflow_pipeline.cli import build_parser, main
 
-COMMANDS = ("segment", "synthesize", "push")
+COMMANDS = ("segment", "synthesize", "push", "convert-official")
 
 
 def _subparsers():

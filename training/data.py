@@ -6,12 +6,18 @@ with unlabelled pixels set to ``ignore_index``.  Layouts supported:
 * ``SplitFileDataset`` -- ``<root>/<split>.txt`` with lines ``image_path label_path``
   (relative to root), single-channel label PNGs holding class ids (CamVid/SegNet).
 * ``CityscapesDataset`` -- ``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` and
-  ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` (19 classes, 255 ignore).
+  ``gtFine/<split>/<city>/*_gtFine_labelTrainIds.png`` (19 classes, 255 ignore); without the trainIds files
+  (made by cityscapesscripts' ``createTrainIdLabelImgs``) the ``*_gtFine_labelIds.png`` that the download ships are
+  mapped to trainIds here.
 * ``CocoStuffDataset`` -- ``images/<split>2017/*.jpg`` and
   ``annotations/<split>2017/*.png`` (stuffthingmaps: ids 0..181, 255 unlabelled)
   remapped to the 171 contiguous classes used by mmsegmentation.
 * ``CelebAMaskHQDataset`` -- ``CelebA-HQ-img/<i>.jpg`` and
-  ``CelebAMask-HQ-mask-anno/<i//2000>/<i:05d>_<part>.png`` merged into 19 classes.
+  ``CelebAMask-HQ-mask-anno/<i//2000>/<i:05d>_<part>.png`` merged into 19 classes (the download's layout), or
+  the SemFlow authors' preprocessed layout: ``CelebA-512-img/<i>.jpg``, ``CelebAMask-HQ-mergemask/<i>.png``
+  (class ids 0..18) and ``metas/<split>.txt``.
+* ``FolderPairsDataset`` -- any folder of image/mask pairs: ``[<split>/]images/<name>.<ext>`` with
+  ``[<split>/]masks/<name>.png`` (single-channel class ids; ids >= ``num_classes`` are unlabelled).
 
 CPU training is data-starved if each step decodes PNGs, so datasets can
 ``preload`` everything into memory as uint8 once; augmentation then runs on
@@ -47,6 +53,18 @@ CITYSCAPES_CLASSES = [
     "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
     "truck", "bus", "train", "motorcycle", "bicycle",
 ]
+
+# Cityscapes labelIds -> trainIds (cityscapesscripts' labels.py); every other id is ignored (255).
+CITYSCAPES_ID_TO_TRAINID = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11,
+                            25: 12, 26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+
+
+def cityscapes_trainid_lut() -> np.ndarray:
+    lut = np.full(256, 255, dtype=np.uint8)
+    for label_id, train_id in CITYSCAPES_ID_TO_TRAINID.items():
+        lut[label_id] = train_id
+    return lut
+
 
 # CelebAMask-HQ part files, in the order of their class ids 1..18 (0 = background).
 # Later parts overwrite earlier ones where they overlap (the official
@@ -285,15 +303,22 @@ class CityscapesDataset(PairDataset):
             stem = os.path.basename(p)[: -len("_leftImg8bit.png")]
             lab = os.path.join(root, "gtFine", split, city, f"{stem}_gtFine_labelTrainIds.png")
             if not os.path.isfile(lab):
-                raise FileNotFoundError(f"missing trainIds label for {p}: {lab}")
+                ids = os.path.join(root, "gtFine", split, city, f"{stem}_gtFine_labelIds.png")
+                if not os.path.isfile(ids):
+                    raise FileNotFoundError(f"missing label for {p}: neither {lab} nor {ids}")
+                lab = ids
             samples.append((p, lab))
+        if not samples:
+            raise FileNotFoundError(f"no Cityscapes images in {os.path.join(root, 'leftImg8bit', split)}")
+        self.lut = cityscapes_trainid_lut()
         super().__init__(samples[:max_samples] if max_samples else samples, **kw)
 
     def load_image(self, sample):
         return _load_rgb(sample[0])
 
     def load_label(self, sample):
-        return _load_label(sample[1])
+        lab = _load_label(sample[1])
+        return self.lut[lab] if sample[1].endswith("_gtFine_labelIds.png") else lab
 
 
 class CocoStuffDataset(PairDataset):
@@ -335,6 +360,16 @@ class CelebAMaskHQDataset(PairDataset):
     ignore_index = 255
 
     def __init__(self, root: str, split: str = "train", max_samples: Optional[int] = None, **kw):
+        self.merged = os.path.isdir(os.path.join(root, "CelebAMask-HQ-mergemask"))
+        if self.merged:  # the SemFlow authors' preprocessed layout
+            split_file = os.path.join(root, "metas", f"{split}.txt")
+            if not os.path.isfile(split_file):
+                raise FileNotFoundError(f"split file not found: {split_file}")
+            with open(split_file) as f:
+                ids = [int(x.split()[0]) for x in f if x.strip()]
+            self.root = root
+            super().__init__(ids[:max_samples] if max_samples else ids, **kw)
+            return
         split_file = os.path.join(root, f"{split}.txt")
         if os.path.isfile(split_file):
             with open(split_file) as f:
@@ -346,9 +381,12 @@ class CelebAMaskHQDataset(PairDataset):
         super().__init__(ids[:max_samples] if max_samples else ids, **kw)
 
     def load_image(self, idx):
-        return _load_rgb(os.path.join(self.root, "CelebA-HQ-img", f"{idx}.jpg"))
+        return _load_rgb(os.path.join(self.root, "CelebA-512-img" if self.merged else "CelebA-HQ-img", f"{idx}.jpg"))
 
     def load_label(self, idx):
+        if self.merged:
+            lab = _load_label(os.path.join(self.root, "CelebAMask-HQ-mergemask", f"{idx}.png"))
+            return np.where(lab < self.num_classes, lab, self.ignore_index).astype(np.uint8)
         folder = os.path.join(self.root, "CelebAMask-HQ-mask-anno", str(idx // 2000))
         lab = None
         for cls, part in enumerate(CELEBAMASK_PARTS, start=1):
@@ -364,12 +402,52 @@ class CelebAMaskHQDataset(PairDataset):
         return lab
 
 
+class FolderPairsDataset(PairDataset):
+    """Any folder of image/mask pairs: ``<root>/<split>/images/*`` and ``<root>/<split>/masks/<stem>.png`` (or
+    ``<root>/images`` and ``<root>/masks`` when there is no ``<split>`` folder), matched by file stem. Masks hold class
+    ids; ids >= ``num_classes`` become ``ignore_index``."""
+
+    IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+
+    def __init__(self, root: str, split: str = "val", num_classes: int = 256, class_names: Optional[List[str]] = None,
+                 ignore_index: int = 255, max_samples: Optional[int] = None, **kw):
+        base = os.path.join(root, split) if os.path.isdir(os.path.join(root, split, "images")) else root
+        image_dir, mask_dir = os.path.join(base, "images"), os.path.join(base, "masks")
+        if not os.path.isdir(image_dir) or not os.path.isdir(mask_dir):
+            raise FileNotFoundError(f"expected {image_dir}/ and {mask_dir}/ (image/mask pairs matched by file name)")
+        samples = []
+        for name in sorted(os.listdir(image_dir)):
+            stem, ext = os.path.splitext(name)
+            if ext.lower() not in self.IMAGE_EXTENSIONS:
+                continue
+            mask = os.path.join(mask_dir, stem + ".png")
+            if not os.path.isfile(mask):
+                raise FileNotFoundError(f"no mask for {os.path.join(image_dir, name)}: {mask}")
+            samples.append((os.path.join(image_dir, name), mask))
+        self.num_classes = num_classes
+        self.class_names = class_names or [str(i) for i in range(num_classes)]
+        self.ignore_index = ignore_index
+        super().__init__(samples[:max_samples] if max_samples else samples, **kw)
+
+    def load_image(self, sample):
+        return _load_rgb(sample[0])
+
+    def load_label(self, sample):
+        lab = _load_label(sample[1])
+        bad = lab >= self.num_classes
+        if bad.any():
+            lab = lab.astype(np.int64 if self.ignore_index > 255 else lab.dtype, copy=True)
+            lab[bad] = self.ignore_index
+        return lab
+
+
 DATASETS = {
     "camvid": CamVidDataset,
     "splitfile": SplitFileDataset,
     "cityscapes": CityscapesDataset,
     "coco_stuff": CocoStuffDataset,
     "celebamask_hq": CelebAMaskHQDataset,
+    "folder": FolderPairsDataset,
 }
 
 

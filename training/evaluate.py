@@ -6,6 +6,10 @@
         --num-inference-steps 1 2 5 10 25 --json out.json
     python training/evaluate.py --model checkpoints/semflow-camvid --data-root ../shared/datasets/camvid \\
         --synthesis --baseline checkpoints/baseline-camvid --perturbations 0.05 0.2 --num-seeds 3
+    # the authors' converted CelebAMask-HQ model (semflow convert-official) on a GPU, or on any image/mask folder
+    python training/evaluate.py --model semflow-face --dataset celebamask_hq --data-root /data/CelebAMask-HQ \\
+        --split val --num-inference-steps 1 2 5 10 25 --device cuda --dtype float16
+    python training/evaluate.py --model semflow-face --dataset folder --data-root my_pairs/ --num-inference-steps 1 25
 
 Segmentation: per-class IoU and mIoU from one confusion matrix summed over the split (ignore label not
 scored), per step count, plus seconds per image (batch 8, this machine).
@@ -39,8 +43,9 @@ from training.data import build_dataset  # noqa: E402
 from training.metrics import ConfusionMatrix, markdown_table  # noqa: E402
 
 
-def load_model(path: str):
-    """A folder / Hub id -> ("baseline", BaselineSegmenter) or ("semflow", SemFlowPipeline)."""
+def load_model(path: str, device: Optional[str] = None, dtype: Optional[str] = None):
+    """A folder / Hub id -> ("baseline", BaselineSegmenter) or ("semflow", SemFlowPipeline); a SemFlow pipeline is
+    moved to ``device`` and its weights cast to ``dtype`` (e.g. ``"float16"``) when given."""
     if os.path.isdir(path) and BaselineSegmenter.is_baseline_dir(path):
         return "baseline", BaselineSegmenter.from_pretrained(path)
     if not os.path.isdir(path):
@@ -50,7 +55,9 @@ def load_model(path: str):
             return "baseline", BaselineSegmenter.from_pretrained(local)
         path = local
     from semflow_pipeline import SemFlowPipeline
-    pipe = SemFlowPipeline.from_pretrained(path)
+    pipe = SemFlowPipeline.from_pretrained(path, **({"torch_dtype": getattr(torch, dtype)} if dtype else {}))
+    if device:
+        pipe.to(device)
     pipe.set_progress_bar_config(disable=True)
     return "semflow", pipe
 
@@ -74,7 +81,8 @@ def _batches(ds, batch_size: int):
         yield group
 
 
-def segment_split(kind: str, model, ds, num_classes: int, ignore_index, steps: int = 1, batch_size: int = 8):
+def segment_split(kind: str, model, ds, num_classes: int, ignore_index, steps: int = 1, batch_size: int = 8,
+                  processing_resolution: Optional[int] = None):
     """-> (ConfusionMatrix, seconds per image) over the whole split."""
     cm = ConfusionMatrix(num_classes, ignore_index)
     elapsed = 0.0
@@ -82,7 +90,8 @@ def segment_split(kind: str, model, ds, num_classes: int, ignore_index, steps: i
         imgs, labs = _images(ds, idx)
         t = time.perf_counter()
         if kind == "semflow":
-            preds = model.segment(imgs, num_inference_steps=steps, batch_size=batch_size, output_type="np").labels
+            preds = model.segment(imgs, num_inference_steps=steps, batch_size=batch_size, output_type="np",
+                                  processing_resolution=processing_resolution).labels
         else:
             preds = model.segment(imgs, batch_size=batch_size)
         elapsed += time.perf_counter() - t
@@ -96,9 +105,11 @@ def _row(name, cm: ConfusionMatrix, spi: Optional[float]) -> Dict:
             "pixel_acc": cm.pixel_accuracy(), "sec_per_image": spi}
 
 
-def evaluate_model(path: str, ds, steps: Sequence[int] = (1,), batch_size: int = 8) -> Dict:
+def evaluate_model(path: str, ds, steps: Sequence[int] = (1,), batch_size: int = 8,
+                   processing_resolution: Optional[int] = None, device: Optional[str] = None,
+                   dtype: Optional[str] = None) -> Dict:
     """Segmentation table for the model at ``path`` on dataset ``ds`` (full-resolution pairs)."""
-    kind, model = load_model(path)
+    kind, model = load_model(path, device, dtype)
     names = list(ds.class_names)
     rows = []
     with torch.inference_mode():
@@ -107,7 +118,8 @@ def evaluate_model(path: str, ds, steps: Sequence[int] = (1,), batch_size: int =
             rows.append(_row(f"baseline ({model.objective.upper()})", cm, spi))
         else:
             for s in steps:
-                cm, spi = segment_split(kind, model, ds, len(names), ds.ignore_index, s, batch_size)
+                cm, spi = segment_split(kind, model, ds, len(names), ds.ignore_index, s, batch_size,
+                                        processing_resolution)
                 rows.append(_row(f"SemFlow {s} step{'s' if s > 1 else ''}", cm, spi))
     return {"model": path, "kind": kind, "class_names": names, "num_images": len(ds), "segmentation": rows}
 
@@ -222,7 +234,14 @@ def main(argv=None):
     ap.add_argument("--model", required=True, help="SemFlow pipeline folder / Hub id, or a baseline folder")
     ap.add_argument("--data-root", required=True)
     ap.add_argument("--split", default="val", help="reads <data-root>/<split>.txt")
-    ap.add_argument("--dataset", default="camvid", help="camvid | splitfile | cityscapes | coco_stuff | celebamask_hq")
+    ap.add_argument("--dataset", default="camvid", help="camvid | splitfile | cityscapes | coco_stuff | celebamask_hq | "
+                    "folder (any [<split>/]images/ + masks/<name>.png pairs, scored with the model's classes)")
+    ap.add_argument("--ignore-index", type=int, default=255, help="--dataset folder: the mask id that is not scored")
+    ap.add_argument("--processing-resolution", type=int, default=None,
+                    help="longest edge the model works at (default: the model's default_processing_resolution)")
+    ap.add_argument("--device", default=None, help="e.g. cuda (default: cpu)")
+    ap.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"],
+                    help="cast the pipeline's weights (default: as saved)")
     ap.add_argument("--num-inference-steps", type=int, nargs="+", default=[1, 2, 5])
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--max-images", type=int, default=None, help="only the first N pairs (quick checks)")
@@ -236,8 +255,17 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write all numbers here")
     args = ap.parse_args(argv)
 
-    ds = build_dataset(args.dataset, args.data_root, args.split, size=None, preload=False, max_samples=args.max_images)
-    res = evaluate_model(args.model, ds, args.num_inference_steps, args.batch_size)
+    extra = {}
+    if args.dataset == "folder":  # no class list of its own: the model's classes, ids beyond them not scored
+        from semflow_pipeline import SemFlowPipeline
+        with open(os.path.join(SemFlowPipeline._resolve_folder(args.model, {}), "model_index.json")) as f:
+            config = json.load(f)
+        names = [config["id2label"][str(i)] for i in range(len(config["id2label"]))]
+        extra = dict(num_classes=len(names), class_names=names, ignore_index=args.ignore_index)
+    ds = build_dataset(args.dataset, args.data_root, args.split, size=None, preload=False, max_samples=args.max_images,
+                       **extra)
+    res = evaluate_model(args.model, ds, args.num_inference_steps, args.batch_size, args.processing_resolution,
+                         args.device, args.dtype)
     if args.synthesis:
         if res["kind"] != "semflow":
             raise SystemExit("--synthesis needs a SemFlow model")

@@ -45,10 +45,10 @@ DEFAULTS: Dict[str, Any] = {
     # data
     "dataset": "camvid", "data_root": "../shared/datasets/camvid", "train_split": "train", "val_split": "val",
     "resolution": [96, 128], "scale_min": 1.0, "scale_max": 1.5, "hflip": True, "preload": True,
-    "max_train_samples": None, "max_val_samples": None,
+    "max_train_samples": None, "max_val_samples": None, "num_workers": 0,
     # model
     "objective": "semflow", "mode": "pixel", "palette": "simplex", "prediction_type": "endpoints",
-    "solver": "euler", "space_to_depth": 1, "block_out_channels": [32, 64, 128, 128], "layers_per_block": 1,
+    "solver": "euler", "timestep_spacing": "linspace", "gradient_checkpointing": False, "space_to_depth": 1, "block_out_channels": [32, 64, 128, 128], "layers_per_block": 1,
     "attention_levels": [], "norm_num_groups": 8, "pretrained_model_name_or_path": None,
     "init_from": None,  # pixel mode: a saved SemFlow pipeline folder whose unet weights start this run (warm start)
     # pixel mode: "efficientnet-lite0" = SemFlowUNet2DModel (ImageNet-pretrained Lite0 trunk on the image channels)
@@ -153,7 +153,8 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
         label_colors = {str(i): c for i, c in enumerate(info["colors"])}
         if info["ignore_index"] is not None:
             label_colors[str(info["ignore_index"])] = [0, 0, 0]
-    scheduler = SemFlowScheduler(num_train_timesteps=1000, prediction_type=cfg["prediction_type"], solver=cfg["solver"])
+    scheduler = SemFlowScheduler(num_train_timesteps=1000, prediction_type=cfg["prediction_type"], solver=cfg["solver"],
+                                 timestep_spacing=cfg["timestep_spacing"])
     mult = 2 if cfg["prediction_type"] == "endpoints" else 1
     h, w = cfg["resolution"]
     if cfg["mode"] == "pixel":
@@ -180,6 +181,7 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
     vae = AutoencoderKL.from_pretrained(path, subfolder="vae")
     vae.requires_grad_(False)
     text_encoder = tokenizer = None
+    empty_prompt = None
     if os.path.isdir(os.path.join(path, "text_encoder")) or not os.path.isdir(path):
         try:
             from transformers import CLIPTextModel, CLIPTokenizer
@@ -188,6 +190,17 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
             text_encoder.requires_grad_(False)
         except (OSError, ValueError):
             text_encoder = tokenizer = None
+    if text_encoder is not None:
+        # The UNet only ever sees the empty prompt: embed it once and store it in the pipeline (as the converted
+        # official checkpoint does), so neither training steps nor the saved model need the text encoder.
+        from semflow_pipeline.convert_official import empty_prompt_embedding
+        from semflow_pipeline.prompt_embedding import SemFlowPromptEmbedding
+        empty_prompt = SemFlowPromptEmbedding.from_embedding(empty_prompt_embedding(path), source=str(path))
+        empty_prompt.requires_grad_(False)
+        cross_attention_dim = text_encoder.config.hidden_size
+        text_encoder = tokenizer = None
+    else:
+        cross_attention_dim = 32
     lat = vae.config.latent_channels
     f = 2 ** (len(vae.config.block_out_channels) - 1)
     if os.path.isdir(os.path.join(path, "unet")) or not os.path.isdir(path):
@@ -198,7 +211,7 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
             block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg["layers_per_block"],
             down_block_types=("CrossAttnDownBlock2D",) + ("DownBlock2D",) * (len(cfg["block_out_channels"]) - 1),
             up_block_types=("UpBlock2D",) * (len(cfg["block_out_channels"]) - 1) + ("CrossAttnUpBlock2D",),
-            cross_attention_dim=text_encoder.config.hidden_size if text_encoder is not None else 32,
+            cross_attention_dim=cross_attention_dim,
             norm_num_groups=cfg["norm_num_groups"], attention_head_dim=4,
         )
     if unet.config.out_channels != mult * lat:
@@ -210,8 +223,10 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
             new.bias.copy_(old.bias.repeat(mult)[: mult * lat])
         unet.conv_out = new
         unet.register_to_config(out_channels=mult * lat)
+    if cfg["gradient_checkpointing"]:
+        unet.enable_gradient_checkpointing()
     return SemFlowPipeline(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                           id2label=id2label, label_colors=label_colors, ignore_index=info["ignore_index"],
+                           empty_prompt_embedding=empty_prompt, id2label=id2label, label_colors=label_colors, ignore_index=info["ignore_index"],
                            palette=cfg["palette"], default_num_inference_steps=cfg["default_num_inference_steps"],
                            default_processing_resolution=max(h, w))
 
@@ -310,8 +325,15 @@ def ce_loss(model, batch, cfg, ignore_index) -> torch.Tensor:
 class StepBatches:
     """Global batch for step s = a slice of a seeded per-epoch permutation; each process takes its shard."""
 
-    def __init__(self, dataset, batch_size: int, num_processes: int, process_index: int, seed: int):
+    def __init__(self, dataset, batch_size: int, num_processes: int, process_index: int, seed: int,
+                 num_workers: int = 0):
         self.ds, self.bs, self.np, self.pi, self.seed = dataset, batch_size, num_processes, process_index, seed
+        # Threads decode and augment the batch's samples in parallel (PIL and torch release the GIL); the samples
+        # and their order do not depend on it.
+        self.pool = None
+        if num_workers and num_workers > 0:
+            from concurrent.futures import ThreadPoolExecutor
+            self.pool = ThreadPoolExecutor(max_workers=int(num_workers))
         self.global_bs = batch_size * num_processes
         self.steps_per_epoch = max(1, len(dataset) // self.global_bs)
         self._perm_epoch, self._perm = None, None
@@ -329,7 +351,7 @@ class StepBatches:
         else:
             idx = self._perm[k * self.global_bs:(k + 1) * self.global_bs]
         idx = idx[self.pi::self.np].tolist()
-        items = [self.ds[i] for i in idx]
+        items = list(self.pool.map(self.ds.__getitem__, idx)) if self.pool else [self.ds[i] for i in idx]
         return {"image": torch.stack([b["image"] for b in items]), "label": torch.stack([b["label"] for b in items])}
 
 
@@ -379,6 +401,10 @@ def make_lr_lambda(cfg):
     def f(step):
         if kind == "constant":
             return min(1.0, (step + 1) / max(1, warm)) if warm else 1.0
+        if kind == "linear":  # diffusers' get_scheduler("linear"): linear warm-up, then linearly down to 0
+            if step < warm:
+                return (step + 1) / warm
+            return max(0.0, (total - step) / max(1, total - warm))
         if kind == "cosine":
             if step < warm:
                 return (step + 1) / warm
@@ -390,7 +416,7 @@ def make_lr_lambda(cfg):
                 return 1 / 25 + (1 - 1 / 25) * 0.5 * (1 - math.cos(math.pi * step / up))
             p = min(1.0, (step - up) / max(1, total - up))
             return 1e-4 + (1 - 1e-4) * 0.5 * (1 + math.cos(math.pi * p))
-        raise ValueError(f"unknown lr_schedule {kind!r}: onecycle | cosine | constant")
+        raise ValueError(f"unknown lr_schedule {kind!r}: onecycle | cosine | constant | linear")
 
     return f
 
@@ -702,6 +728,10 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     if cfg["ema"]:
         from diffusers.training_utils import EMAModel
         ema = EMAModel(model.parameters(), decay=float(cfg["ema_decay"]))
+    ds_plugin = getattr(accelerator.state, "deepspeed_plugin", None)
+    if ds_plugin is not None:  # DeepSpeed (accelerate launch --config_file training/accelerate/deepspeed_zero2.yaml)
+        # No dataloader goes through `prepare`, so DeepSpeed cannot infer the micro batch size: give it ours.
+        ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(cfg["batch_size"])
     model, optimizer = accelerator.prepare(model, optimizer)
     # The LR schedule is stepped once per optimisation step by us (a prepared one steps num_processes times).
     accelerator.register_for_checkpointing(lr_sched)
@@ -724,7 +754,7 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
                                   "as training reaches their steps")
 
     batches = StepBatches(train_ds, int(cfg["batch_size"]), accelerator.num_processes, accelerator.process_index,
-                          int(cfg["seed"]))
+                          int(cfg["seed"]), int(cfg["num_workers"] or 0))
     total = int(cfg["train_steps"])
     log_path = os.path.join(out, "log.csv")
     if is_main and (start_step == 0 or not os.path.isfile(log_path)):

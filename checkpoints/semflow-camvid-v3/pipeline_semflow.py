@@ -137,6 +137,8 @@ class SemFlowPipeline(DiffusionPipeline):
         scheduler: `SemFlowScheduler`.
         vae: optional `AutoencoderKL` / `AutoencoderTiny`; given, the ODE runs in its latent space.
         text_encoder, tokenizer: optional, only to compute the empty-prompt embedding for SD-style UNets.
+        empty_prompt_embedding: optional `SemFlowPromptEmbedding` (``prompt_embedding.py``), the empty-prompt
+            embedding precomputed and stored (what `semflow convert-official` saves); used instead of the text encoder.
         id2label: `{"0": "sky", ...}` class names by id (a dict, as in transformers' configs). Like the arguments
             below it is configuration, not a component: `pipe.components` leaves it out, `pipe.parameters` and
             `SemFlowPipeline.from_pipe(pipe)` carry it. Left out (e.g. `SemFlowPipeline(**pipe.components)`), the
@@ -160,7 +162,7 @@ class SemFlowPipeline(DiffusionPipeline):
     """
 
     model_cpu_offload_seq = "text_encoder->vae->unet"
-    _optional_components = ["vae", "text_encoder", "tokenizer"]
+    _optional_components = ["vae", "text_encoder", "tokenizer", "empty_prompt_embedding"]
     _callback_tensor_inputs = ["latents"]
 
     def __init__(
@@ -181,9 +183,11 @@ class SemFlowPipeline(DiffusionPipeline):
         clip_mask_end: bool = True,
         default_synthesis_num_inference_steps: Optional[int] = None,
         default_synthesis_perturbation: float = 0.05,
+        empty_prompt_embedding: Optional[torch.nn.Module] = None,
     ):
         super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer)
+        self.register_modules(unet=unet, scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
+                              empty_prompt_embedding=empty_prompt_embedding)
         if isinstance(space_to_depth, bool) or not isinstance(space_to_depth, numbers.Integral) or space_to_depth < 1:
             raise ValueError(f"`space_to_depth` must be a positive integer; got {space_to_depth!r}.")
         space_to_depth = int(space_to_depth)
@@ -296,8 +300,11 @@ class SemFlowPipeline(DiffusionPipeline):
         return out.float()
 
     def encode_empty_prompt(self, device=None) -> torch.Tensor:
-        """Empty-prompt text embedding ``(1, L, D)`` for SD-style UNets; zeros ``(1, 1, D)`` without a text encoder."""
+        """Empty-prompt text embedding ``(1, L, D)`` for SD-style UNets: the stored one (``empty_prompt_embedding``),
+        else computed with the text encoder, else zeros ``(1, 1, D)``."""
         device = device or self._execution_device
+        if getattr(self, "empty_prompt_embedding", None) is not None:
+            return self.empty_prompt_embedding(device)
         if self.text_encoder is None or self.tokenizer is None:
             return torch.zeros(1, 1, self.unet.config.cross_attention_dim, device=device)
         ids = self.tokenizer(
@@ -813,6 +820,12 @@ class SemFlowPipeline(DiffusionPipeline):
             if (isinstance(entry, list) and len(entry) == 2 and entry[0] in REMOTE_COMPONENT_LIBRARIES
                     and component not in kwargs):
                 kwargs[component] = _load_package_component(folder, component, entry[1], kwargs)
+        for component, (module_name, class_name) in _package_components(folder, index).items():
+            if component not in kwargs:  # e.g. empty_prompt_embedding: its code file is a copy of this package's
+                module = importlib.import_module(f"{__package__}.{module_name}")
+                # (no dtype: `predict` casts the embedding to the UNet's dtype)
+                kwargs[component] = getattr(module, class_name).from_pretrained(folder, subfolder=component)
+                load_logger.info(f"Loaded {component} as {class_name} from `{component}` subfolder of {name}.")
         token = _LOADING_WITH_PACKAGE_CLASSES.set(True)
         try:
             pipe = super().from_pretrained(folder, **kwargs)
@@ -834,6 +847,9 @@ class SemFlowPipeline(DiffusionPipeline):
                     config[name] = [None, None]
             if "scheduler" in config:
                 config["scheduler"] = [None, None]  # passed in by from_pretrained
+            for component in PACKAGE_COMPONENT_FILES:
+                if isinstance(config.get(component), list):
+                    config[component] = [None, None]  # passed in by from_pretrained too
         return config
 
     @staticmethod
@@ -876,12 +892,32 @@ class SemFlowPipeline(DiffusionPipeline):
         return index
 
 
+# Components whose class lives in this package, saved with a copy of its code in the component's folder (as the
+# scheduler): component name -> (module file in this package, class name).
+PACKAGE_COMPONENT_FILES = {"empty_prompt_embedding": ("prompt_embedding", "SemFlowPromptEmbedding")}
+
+
+def _package_components(folder: str, index: dict) -> dict:
+    """The components of ``index`` listed in ``PACKAGE_COMPONENT_FILES`` that the folder holds."""
+    found = {}
+    for component, (module_name, class_name) in PACKAGE_COMPONENT_FILES.items():
+        entry = index.get(component)
+        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None:
+            if not os.path.isfile(os.path.join(folder, component, "config.json")):
+                raise FileNotFoundError(f"`{os.path.join(folder, component, 'config.json')}` is missing: the "
+                                        f"`{component}` component's config, listed in model_index.json.")
+            found[component] = (module_name, class_name)
+    return found
+
+
 def _check_components(folder: str, index: dict, passed: dict) -> None:
     """Checks every component that model_index.json lists (and that is not passed in) before loading, so that an
     error names the component, its class and the missing file instead of failing deep inside a loader."""
     index_path = os.path.join(folder, "model_index.json")
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, (list, tuple)) or len(entry) != 2 or name in passed:
+            continue
+        if name in PACKAGE_COMPONENT_FILES:  # this package's class: checked by `_package_components`
             continue
         library, class_name = entry
         if library is None:
@@ -958,6 +994,12 @@ def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
             module = REMOTE_COMPONENT_CODE[entry[1]]
             shutil.copyfile(os.path.join(here, module + ".py"), os.path.join(save_directory, name, module + ".py"))
             index[name] = [module, entry[1]]
+    for component, (module_name, class_name) in PACKAGE_COMPONENT_FILES.items():
+        entry = index.get(component)
+        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None:
+            shutil.copyfile(os.path.join(here, module_name + ".py"),
+                            os.path.join(save_directory, component, module_name + ".py"))
+            index[component] = [module_name, class_name]
     with open(index_path, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")

@@ -28,6 +28,18 @@ must run in the integration's ``direction``:
 - ``num_inference_steps`` is the number of steps (``len(sigmas)``); Heun makes two network calls per step, so
   ``len(timesteps) == 2 * num_inference_steps`` as in diffusers' ``HeunDiscreteScheduler``.
 
+``timestep_spacing`` (config) picks the default schedule of ``set_timesteps(num_inference_steps)``:
+
+- ``"linspace"`` (default): ``N`` steps evenly spaced in ``t``; each call moves the state to the next knot.
+- ``"official"``: the integer grid of the authors' code (github.com/wang-chaoyang/SemFlow), for their checkpoints.
+  With ``T = num_train_timesteps`` and ``r = T // N``, the calls are ``k * r`` (segmentation, ``0, 40, ..., 960``
+  for ``N = 25``) or ``T - k * r`` (synthesis, ``1000, 960, ..., 40``) for ``k = 0 .. M - 1``, where
+  ``M = len(arange(1, T, r))``; every call moves the state by ``1 / M`` (``x += v / M`` forward, ``x -= v / M``
+  backward). ``M = ceil((T - 1) / r)`` equals ``N`` for
+  ``N`` in 1-5, 8-10, 20, 25, 27, 37, 40, 50, 100 (``T = 1000``); for other ``N`` the authors' loop makes ``M > N``
+  calls (``N = 7`` gives 8), and so does this one. Where ``N`` divides ``T`` it is ``"linspace"`` up to float
+  rounding. Euler only.
+
 ``step`` finds its place in the schedule from its ``timestep`` argument (like diffusers' ``index_for_timestep``); the
 internal counter ``step_index`` is only a fast path and tells Heun's two calls at the same time apart.
 """
@@ -46,6 +58,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils import BaseOutput
 
 DIRECTIONS = ("segment", "synthesize")
+TIMESTEP_SPACINGS = ("linspace", "official")
 _TIMESTEP_TOLERANCE = 1e-3  # network units: timesteps closer than this are the same call time
 
 
@@ -79,6 +92,7 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
         num_train_timesteps: scale of the network's time input, ``timestep = t * num_train_timesteps``.
         prediction_type: ``"velocity"`` or ``"endpoints"`` (see the module docstring).
         solver: ``"euler"`` (one network call per step) or ``"heun"`` (second order, two calls per step).
+        timestep_spacing: ``"linspace"`` or ``"official"`` (the authors' integer grid; see the module docstring).
 
     ``step`` computes in float32 (float64 stays float64) and returns the state in the dtype of its ``sample``, so a
     bf16/fp16 network may feed an fp32 state.
@@ -88,11 +102,16 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
     _compatibles = []
 
     @register_to_config
-    def __init__(self, num_train_timesteps: int = 1000, prediction_type: str = "velocity", solver: str = "euler"):
+    def __init__(self, num_train_timesteps: int = 1000, prediction_type: str = "velocity", solver: str = "euler",
+                 timestep_spacing: str = "linspace"):
         if prediction_type not in ("velocity", "endpoints"):
             raise ValueError(f"prediction_type must be 'velocity' or 'endpoints', got {prediction_type!r}.")
         if solver not in ("euler", "heun"):
             raise ValueError(f"solver must be 'euler' or 'heun', got {solver!r}.")
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}.")
+        if timestep_spacing == "official" and solver != "euler":
+            raise ValueError("timestep_spacing='official' is the authors' Euler loop; use solver='euler'.")
         self.order = 2 if solver == "heun" else 1
         self.init_noise_sigma = 1.0  # the ODE starts from data, never from scaled noise
         self.num_inference_steps: Optional[int] = None
@@ -171,6 +190,9 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
             if num_inference_steps is None:
                 raise ValueError("Pass `num_inference_steps`, or a custom schedule as `timesteps` or `sigmas`.")
             num_inference_steps = as_positive_int(num_inference_steps, "num_inference_steps")
+            if self.config.timestep_spacing == "official":
+                self._set_official_timesteps(num_inference_steps, device, direction)
+                return
             grid = torch.linspace(0.0, 1.0, num_inference_steps + 1, dtype=torch.float64)
             if direction == "synthesize":
                 grid = grid.flip(0)
@@ -188,6 +210,28 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
             # predictor at t_i, corrector at t_{i+1}: t_0, t_1, t_1, t_2, t_2, ..., t_N.
             times = torch.cat([grid[:1], grid[1:-1].repeat_interleave(2), grid[-1:]])
         self.timesteps = (times * self.config.num_train_timesteps).float().to(device)
+        self.num_inference_steps = num_inference_steps
+        self.direction = direction
+        self._step_index = None
+        self._begin_index = None
+        self._first_derivative = None
+        self._start_sample = None
+
+    def _set_official_timesteps(self, num_inference_steps: int, device, direction: str) -> None:
+        """The authors' integer grid (``timestep_spacing="official"``, see the module docstring): the network is
+        called at ``k * r`` (forward) or ``T - k * r`` (backward), ``r = T // N``, and ``time_grid`` holds the state's
+        knots ``k / M``, so that every call moves the state by ``1 / M``."""
+        total = self.config.num_train_timesteps
+        ratio = total // num_inference_steps
+        if ratio < 1:
+            raise ValueError(f"timestep_spacing='official' needs num_inference_steps <= num_train_timesteps "
+                             f"({total}); got {num_inference_steps}.")
+        calls = torch.arange(0, total - 1, ratio, dtype=torch.float64)  # == arange(1, T, r) - 1
+        knots = torch.linspace(0.0, 1.0, len(calls) + 1, dtype=torch.float64)
+        if direction == "synthesize":
+            calls, knots = total - calls, knots.flip(0)
+        self.time_grid = knots.float().to(device)
+        self.timesteps = calls.float().to(device)
         self.num_inference_steps = num_inference_steps
         self.direction = direction
         self._step_index = None

@@ -129,6 +129,20 @@ def load_pipeline(model: str, device):
     return pipe.to(device)
 
 
+def make_output_dir(path: str) -> Path:
+    """``-o OUT``: the output folder, created if missing, before any model is loaded. An existing file (``-o
+    result.png``), a file on the way, or a folder that cannot be created is a one-line error, not a traceback."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"semflow: -o {path}: that is an existing file, not a folder; -o names the output folder "
+                         "(the outputs are written into it as <name>_labels.png, <name>_sample0.png, ...)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"semflow: -o {path}: cannot create the output folder: {e.strerror or e}")
+    return out
+
+
 def for_each_file(args, name: str, work) -> int:
     """Runs ``work(pipe, index, path, out_dir, stem)`` on this process's share of the input files.
 
@@ -146,9 +160,8 @@ def for_each_file(args, name: str, work) -> int:
     state = PartialState(cpu=not torch.cuda.is_available())
     files = expand_inputs(args.inputs)
     stems = output_stems(files)
+    out = make_output_dir(args.output_dir)
     pipe = load_pipeline(args.model, state.device)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     failed = 0
     with state.split_between_processes(list(enumerate(files))) as mine:
         for i, f in tqdm(mine, desc=f"{name} [{state.process_index}]", disable=not state.is_local_main_process):

@@ -47,6 +47,9 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 MAX_UPLOAD_BYTES = inputs.MAX_FILE_BYTES  # gradio's max_file_size (launch) and the handlers' own check
 MAX_PIXELS = inputs.MAX_PIXELS  # decode limit of an upload
 WORK_MAX_SIDE = 1024  # photos are reduced to this long side on load; results are shown at that size
+# Request bodies: a JSON call may carry one pasted (base64) image of MAX_UPLOAD_BYTES, an upload two files of it.
+MAX_JSON_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
+MAX_UPLOAD_BODY_BYTES = 2 * MAX_UPLOAD_BYTES + 2**20
 MASK_MAX_SIDE = 1024  # masks and canvases are reduced (nearest) to this; synthesized images come back at it
 MAX_STEPS = 25  # steps of any one integration
 MAX_SAMPLES = 8  # synthesized images per request
@@ -113,7 +116,16 @@ def launch_kwargs(demo: Optional[gr.Blocks] = None) -> dict:
     """Arguments for ``demo.launch`` that belong to the app: its CSS (with the model's class names in the brush
     palette, which ``build_demo`` stores on the demo), its JS and the upload size limit (gradio's
     ``max_file_size``: larger uploads are refused with HTTP 413 before they reach the disk)."""
-    return dict(css=getattr(demo, "semflow_css", CSS), js=JS, max_file_size=MAX_UPLOAD_BYTES)
+    from starlette.middleware import Middleware
+
+    from .limits import BodySizeLimit
+
+    # A request body above the limit is answered 413 before it is read (a 300 MB JSON body used to be parsed
+    # whole, peaking at 2 GB, before the handler's own "larger than 25 MB" check): FastAPI's `middleware`, passed
+    # through gradio's `app_kwargs` (middleware cannot be added once the server has started).
+    limit = Middleware(BodySizeLimit, max_json_bytes=MAX_JSON_BODY_BYTES, max_upload_bytes=MAX_UPLOAD_BODY_BYTES)
+    return dict(css=getattr(demo, "semflow_css", CSS), js=JS, max_file_size=MAX_UPLOAD_BYTES,
+                app_kwargs={"middleware": [limit]})
 
 
 def user_errors(fn):

@@ -170,6 +170,20 @@ def load_pipeline(model: str, device):
     return pipe.to(device)
 
 
+def make_output_dir(path: str) -> Path:
+    """``-o OUT``: the output folder, created if missing, before any model is loaded. An existing file (``-o
+    result.png``), a file on the way, or a folder that cannot be created is a one-line error, not a traceback."""
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise SystemExit(f"semflow: -o {path}: that is an existing file, not a folder; -o names the output folder "
+                         "(the outputs are written into it as <name>_labels.png, <name>_sample0.png, ...)")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SystemExit(f"semflow: -o {path}: cannot create the output folder: {e.strerror or e}")
+    return out
+
+
 def for_each_file(args, name: str, work) -> int:
     """Runs ``work(pipe, index, path, out_dir, stem)`` on this process's share of the input files.
 
@@ -188,9 +202,8 @@ def for_each_file(args, name: str, work) -> int:
     # Without a GPU, cpu=True makes a multi-process launch (torchrun env) join a gloo group instead of each
     # process thinking it is alone.
     state = PartialState(cpu=not torch.cuda.is_available())
+    out = make_output_dir(args.output_dir)
     pipe = load_pipeline(args.model, state.device)
-    out = Path(args.output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     failed = 0
     with state.split_between_processes(list(enumerate(files))) as mine:
         for i, f in tqdm(mine, desc=f"{name} [{state.process_index}]", disable=not state.is_local_main_process):
@@ -282,6 +295,7 @@ def repo_files(model_dir: Path) -> list[str]:
     root = model_dir.resolve()
     files: list[str] = []
     bad_links: list[str] = []
+    special: list[str] = []
     for dirpath, dirnames, filenames in os.walk(model_dir):  # followlinks=False: never descends a linked folder
         here = Path(dirpath)
         rel_dir = here.relative_to(model_dir)
@@ -293,6 +307,10 @@ def repo_files(model_dir: Path) -> list[str]:
             if name.startswith("."):
                 continue
             path, rel = here / name, (rel_dir / name).as_posix()
+            kind = _special_kind(path)
+            if kind:
+                special.append(f"{rel} ({kind})")
+                continue
             if path.is_symlink():
                 target = path.resolve()
                 if not target.is_file():
@@ -302,6 +320,9 @@ def repo_files(model_dir: Path) -> list[str]:
                     bad_links.append(f"{rel} -> {os.readlink(path)} (outside the folder)")
                     continue
             files.append(rel)
+    if special:
+        raise SystemExit(f"semflow: {model_dir} holds files that are not regular files, which cannot be uploaded "
+                         "(reading a named pipe can block forever): remove them:\n  " + "\n  ".join(special))
     if bad_links:
         raise SystemExit(f"semflow: {model_dir} has symlinks that cannot be uploaded safely; replace them with the "
                          "files themselves:\n  " + "\n  ".join(bad_links))
@@ -311,11 +332,118 @@ def repo_files(model_dir: Path) -> list[str]:
         raise SystemExit(f"semflow: {model_dir} is not a saved SemFlow pipeline; missing {missing}")
     if not any(f.endswith(".safetensors") for f in files):
         raise SystemExit(f"semflow: {model_dir} has no .safetensors weights")
-    pickles = [f for f in files if f.lower().endswith(PICKLE_SUFFIXES)]
+    pickles = []
+    for f in files:
+        why = "its name" if f.lower().endswith(PICKLE_SUFFIXES) else pickle_content(model_dir / f)
+        if why:
+            pickles.append(f"{f} ({why})")
     if pickles:
-        raise SystemExit(f"semflow: {model_dir} holds pickle-based files {pickles} (loading them can run code); "
-                         "save the weights with safetensors only and remove these files")
+        raise SystemExit(f"semflow: {model_dir} holds pickle-based files (loading them can run code); save the "
+                         "weights with safetensors only and remove these files:\n  " + "\n  ".join(pickles))
     return files
+
+
+def _special_kind(path: Path) -> str | None:
+    """What ``path`` (or the file a symlink leads to) is when it is not a regular file: named pipe, socket,
+    device; None for a regular file (or a symlink to one, or a dangling symlink: reported elsewhere)."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode  # follows a symlink: a link to a pipe is a pipe
+    except OSError:
+        return None
+    if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+        return None
+    for test, kind in ((stat.S_ISFIFO, "a named pipe"), (stat.S_ISSOCK, "a socket"), (stat.S_ISCHR, "a character device"),
+                       (stat.S_ISBLK, "a block device")):
+        if test(mode):
+            return kind
+    return "not a regular file"
+
+
+PICKLE_SCAN_BYTES = 64 * 2**20  # a pickle that does not reach STOP within this many bytes is read as not a pickle
+
+
+def _is_pickle_stream(f) -> bool:
+    """Whether the stream ``f`` starts with a complete pickle: every opcode valid, up to STOP (any protocol, also
+    protocol 0/1 pickles that have no header). Text, images, JSON, safetensors fail at their first bytes."""
+    import pickletools
+
+    try:
+        for op, _, pos in pickletools.genops(f):
+            if op.name == "STOP":
+                return True
+            if pos is not None and pos > PICKLE_SCAN_BYTES:
+                return False
+    except Exception:  # noqa: BLE001 - any parse error: not a pickle
+        return False
+    return False
+
+
+def _pickle_in_bytes(data: bytes, depth: int = 0) -> str | None:
+    import io
+    import zipfile
+
+    if depth > 3:
+        return None
+    if data[:6] == b"\x93NUMPY":  # numpy .npy: an object dtype is stored as a pickle
+        try:
+            import numpy as np
+
+            bio = io.BytesIO(data)
+            version = np.lib.format.read_magic(bio)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            _, _, dtype = read(bio, max_header_size=2**20)
+            if np.dtype(dtype).hasobject:
+                return "a numpy array of Python objects, stored as a pickle"
+        except Exception:  # noqa: BLE001
+            return "an unreadable numpy header"
+        return None
+    for magic, module, what in ((b"\x1f\x8b", "gzip", "gzip"), (b"BZh", "bz2", "bz2"),
+                                (b"\xfd7zXZ\x00", "lzma", "xz")):
+        if data.startswith(magic):
+            import importlib
+
+            try:
+                inner = importlib.import_module(module).decompress(data)
+            except Exception:  # noqa: BLE001 - a truncated stream: judge what could be read
+                inner = b""
+            why = _pickle_in_bytes(inner[:PICKLE_SCAN_BYTES], depth + 1)
+            return f"{what}-compressed: {why}" if why else None
+    if data.startswith(b"PK\x03\x04") or data.startswith(b"PK\x05\x06"):
+        try:
+            with zipfile.ZipFile(io.BytesIO(data)) as z:
+                names = z.namelist()
+                if any(n.endswith("data.pkl") for n in names) and any("/data/" in n or n.startswith("data/") for n in names):
+                    return "a torch.save zip archive (data.pkl inside)"
+                for info in z.infolist():
+                    if info.is_dir():
+                        continue
+                    with z.open(info) as member:
+                        why = _pickle_in_bytes(member.read(PICKLE_SCAN_BYTES), depth + 1)
+                    if why:
+                        return f"a zip archive whose {info.filename} is {why}"
+        except Exception:  # noqa: BLE001
+            return None
+        return None
+    import io as _io
+
+    if _is_pickle_stream(_io.BytesIO(data)):
+        return "a pickle" if not data.startswith(b"\x80") or len(data) < 2 else f"a pickle (protocol {data[1]})"
+    return None
+
+
+def pickle_content(path: Path) -> str | None:
+    """Why ``path`` holds a pickle, judged by its bytes, not its name: a pickle stream (any protocol), torch.save's
+    zip layout, a numpy object array, or one of these inside a zip / gzip / bz2 / xz file; None otherwise."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        f.seek(0)
+        if head.startswith((b"PK", b"\x1f\x8b", b"BZh", b"\xfd7zXZ")) or head[:6] == b"\x93NUMPY":
+            if path.stat().st_size > 4 * PICKLE_SCAN_BYTES:
+                return _pickle_in_bytes(f.read(PICKLE_SCAN_BYTES))
+            return _pickle_in_bytes(f.read())
+        return "a pickle" if _is_pickle_stream(f) else None
 
 
 def safetensors_problem(path: Path) -> str | None:
@@ -334,6 +462,7 @@ def safetensors_problem(path: Path) -> str | None:
     if not isinstance(header, dict):
         return "the header is not a JSON object"
     data, end = size - 8 - n, 0
+    spans = []
     for name, t in header.items():
         if name == "__metadata__":
             continue
@@ -349,16 +478,220 @@ def safetensors_problem(path: Path) -> str | None:
         if dtype in SAFETENSORS_DTYPE_BYTES and stop - begin != math.prod(shape) * SAFETENSORS_DTYPE_BYTES[dtype]:
             return f"tensor {name!r} ({dtype} {shape}) does not match its {stop - begin} bytes"
         end = max(end, stop)
+        spans.append((begin, stop, name))
+    spans.sort()
+    for (_, stop_a, a), (begin_b, _, b) in zip(spans, spans[1:]):
+        if begin_b != stop_a:
+            return f"tensors {a!r} and {b!r} {'overlap' if begin_b < stop_a else 'leave a gap'} in the data"
     if end != data:
         return f"the data section holds {data} bytes but the tensors cover {end}"
     return None
 
 
-def check_loads(model_dir: Path, files: list[str]) -> None:
+def _safetensors_header(path: Path) -> dict:
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    header.pop("__metadata__", None)
+    return header
+
+
+def _expected_state(component_dir: Path, library: str, class_name: str) -> tuple[dict, list]:
+    """``({name: shape}, [patterns of keys a model may leave out or carry extra])`` of the model that
+    ``model_index.json`` names for this component, built from its config on the meta device (no weights, no code
+    from the folder: only diffusers / transformers model classes are accepted)."""
+    import importlib
+
+    from accelerate import init_empty_weights
+
+    cls = getattr(importlib.import_module(library), class_name, None)
+    if library == "diffusers":
+        from diffusers import ModelMixin as Base
+    else:
+        from transformers import PreTrainedModel as Base
+    if not isinstance(cls, type) or not issubclass(cls, Base):
+        raise ValueError(f"{library}.{class_name} is not a {Base.__name__} model class")
+    with init_empty_weights():
+        if library == "diffusers":
+            model = cls.from_config(cls.load_config(str(component_dir)))
+        else:
+            from transformers import AutoConfig
+
+            model = cls(AutoConfig.from_pretrained(str(component_dir)))
+    optional = []
+    for attr in ("_keys_to_ignore_on_load_missing", "_keys_to_ignore_on_load_unexpected", "_keys_to_ignore_on_save",
+                 "_tied_weights_keys"):
+        value = getattr(model, attr, None) or []
+        optional += list(value.keys()) if isinstance(value, dict) else list(value)
+    return {k: tuple(v.shape) for k, v in model.state_dict().items()}, optional
+
+
+def weight_problems(model_dir: Path, files: list[str]) -> list[str]:
+    """Every weight file of every model component (``model_index.json``) against the model its config builds:
+    a missing, unexpected or reshaped tensor, and any NaN / inf, is a problem. diffusers only warns about a
+    missing tensor (it initialises it randomly), so a tampered header that renames one would load and push."""
+    import re
+
+    import torch
+    from safetensors import safe_open
+
+    try:
+        index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        return [f"model_index.json: unreadable ({e})"]
+    problems = []
+    for comp, spec in sorted(index.items()):
+        if comp.startswith("_") or not (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str)
+                                        and isinstance(spec[1], str)):
+            continue
+        weights = [f for f in files if f.startswith(comp + "/") and f.count("/") == 1 and f.endswith(".safetensors")]
+        if spec[0] not in ("diffusers", "transformers"):
+            continue  # the scheduler, a tokenizer: no weights
+        if not weights:
+            problems.append(f"{comp}: no .safetensors weights")
+            continue
+        try:
+            expected, optional = _expected_state(model_dir / comp, spec[0], spec[1])
+        except Exception as e:  # noqa: BLE001
+            problems.append(f"{comp}: cannot build {spec[0]}.{spec[1]} from its config ({type(e).__name__}: {e})")
+            continue
+        groups: list[list[str]] = []
+        sharded: set = set()
+        for f in files:
+            if f.startswith(comp + "/") and f.endswith(".safetensors.index.json"):
+                try:
+                    shards = sorted(set(json.loads((model_dir / f).read_text())["weight_map"].values()))
+                except (OSError, ValueError, KeyError, AttributeError) as e:
+                    problems.append(f"{f}: unreadable shard index ({e})")
+                    continue
+                group = [f"{comp}/{x}" for x in shards]
+                missing_shards = [g for g in group if g not in files]
+                if missing_shards:
+                    problems.append(f"{f}: shards {missing_shards} are missing")
+                    continue
+                groups.append(group)
+                sharded.update(group)
+        groups += [[w] for w in weights if w not in sharded]
+        for group in groups:
+            header, where = {}, {}
+            for w in group:
+                for name, entry in _safetensors_header(model_dir / w).items():
+                    header[name], where[name] = entry, w
+            label = group[0] if len(group) == 1 else f"{comp} (sharded)"
+            ok = lambda k: any(re.search(p, k) for p in optional)  # noqa: E731
+            missing = sorted(k for k in expected if k not in header and not ok(k))
+            unexpected = sorted(k for k in header if k not in expected and not ok(k))
+            reshaped = sorted(f"{k} {list(header[k]['shape'])} (the model has {list(expected[k])})" for k in header
+                              if k in expected and tuple(header[k]["shape"]) != expected[k])
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("wrong shape", reshaped)):
+                if keys:
+                    more = f" and {len(keys) - 8} more" if len(keys) > 8 else ""
+                    problems.append(f"{label}: {what} tensors (the model built from {comp}/config.json "
+                                    f"expects otherwise): {', '.join(keys[:8])}{more}")
+            bad = []
+            for w in group:
+                try:
+                    with safe_open(str(model_dir / w), framework="pt") as st:
+                        for name in st.keys():
+                            t = st.get_tensor(name)
+                            if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                                bad.append(name)
+                except Exception as e:  # noqa: BLE001
+                    problems.append(f"{w}: unreadable ({type(e).__name__}: {e})")
+            if bad:
+                problems.append(f"{label}: non-finite values (NaN or inf) in {', '.join(sorted(bad)[:8])}")
+    return problems
+
+
+def code_differences(model_dir: Path, files: list[str]) -> list[str]:
+    """How the folder's code differs from this package's own: a ``.py`` (or compiled) file that is not one of the
+    copies ``write_remote_code`` writes, a copy whose bytes differ, or a ``model_index.json`` that points a component
+    at another module. Empty when ``trust_remote_code=True`` would run exactly this package's code."""
+    from semflow_pipeline import pipeline_semflow
+
+    here = Path(pipeline_semflow.__file__).resolve().parent
+    ours = {target: here / name for name, targets in pipeline_semflow.REMOTE_CODE_FILES.items() for target in targets}
+    diffs = []
+    for f in files:
+        if f.lower().endswith((".py", ".pyc", ".pyo", ".pyd", ".so", ".pyw", ".pth")):
+            if f not in ours:
+                diffs.append(f"{f} (not part of SemFlow's code)")
+            elif (model_dir / f).read_bytes() != ours[f].read_bytes():
+                diffs.append(f"{f} (differs from {ours[f].name} of semflow_pipeline {_package_version()})")
+    try:
+        index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return diffs + ["model_index.json (unreadable)"]
+    allowed = {"_class_name": ["pipeline_semflow", "SemFlowPipeline"], "scheduler": ["scheduling_semflow", "SemFlowScheduler"]}
+    for key, spec in index.items():
+        if key in allowed:
+            if spec != allowed[key]:
+                diffs.append(f"model_index.json {key} = {spec} (expected {allowed[key]})")
+        elif (isinstance(spec, list) and len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], str)
+              and spec[0] not in ("diffusers", "transformers")):
+            diffs.append(f"model_index.json {key} = {spec} (a module of the folder's own)")
+    return diffs
+
+
+def _package_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("semflow-pipeline")
+    except Exception:  # noqa: BLE001
+        return "(this checkout)"
+
+
+_ISOLATED_LOAD = r"""
+import sys
+sys.path.insert(0, sys.argv[2])
+from diffusers import DiffusionPipeline
+from diffusers.utils import logging
+logging.disable_progress_bar()
+from semflow_pipeline import SemFlowPipeline
+for name, load in (("SemFlowPipeline.from_pretrained", lambda: SemFlowPipeline.from_pretrained(sys.argv[1])),
+                   ("DiffusionPipeline.from_pretrained(..., trust_remote_code=True)",
+                    lambda: DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True))):
+    try:
+        load()
+    except Exception as e:
+        print(f"{name}: {type(e).__name__}: {e}", file=sys.stderr)
+        sys.exit(3)
+"""
+
+
+def check_loads(model_dir: Path, files: list[str], isolated: bool = False) -> None:
     """Loads exactly ``files`` (copied to a scratch folder, as the Hub repo will hold them) both ways users load a
     Hub repo: ``SemFlowPipeline.from_pretrained`` and ``DiffusionPipeline.from_pretrained`` with trust_remote_code.
+
+    ``isolated`` (the folder's code is not this package's): both loads run in a separate Python process, in the
+    scratch copy, offline, with a scratch HF_HOME and no Hub token in its environment, so the folder's code cannot
+    reach the token or the user's Hugging Face cache. It is still code running on this machine: ``--dry-run``
+    never gets here with such a folder.
     """
     import tempfile
+
+    if isolated:
+        import subprocess
+
+        with tempfile.TemporaryDirectory(prefix="semflow-push-") as tmp:
+            repo = Path(tmp) / "repo"
+            for f in files:
+                (repo / f).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(model_dir / f, repo / f)
+            env = {"PATH": os.environ.get("PATH", ""), "HOME": tmp, "HF_HOME": str(Path(tmp) / "hf"),
+                   "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1", "PYTHONDONTWRITEBYTECODE": "1"}
+            package_parent = str(Path(__file__).resolve().parents[1])
+            try:
+                done = subprocess.run([sys.executable, "-I", "-c", _ISOLATED_LOAD, str(repo), package_parent],
+                                      cwd=tmp, env=env, capture_output=True, text=True, timeout=900,
+                                      stdin=subprocess.DEVNULL)
+            except subprocess.TimeoutExpired:
+                raise SystemExit(f"semflow: loading {model_dir} (in a separate process) took over 900 s; refused")
+            if done.returncode:
+                tail = (done.stderr.strip().splitlines() or [f"exit code {done.returncode}"])[-1]
+                raise SystemExit(f"semflow: {model_dir} does not load (checked in a separate process): {tail}")
+        return
 
     from diffusers import DiffusionPipeline
     from diffusers.utils import logging as diffusers_logging
@@ -384,8 +717,11 @@ def check_loads(model_dir: Path, files: list[str]) -> None:
             diffusers_logging.enable_progress_bar()
 
 
-def validate_push_folder(model_dir: Path, repo_id: str) -> list[str]:
-    """Every check of ``semflow push`` (with or without --dry-run); returns the files to upload."""
+def validate_push_folder(model_dir: Path, repo_id: str, dry_run: bool = False) -> list[str]:
+    """Every check of ``semflow push`` (with or without --dry-run); returns the files to upload.
+
+    No check runs the folder's own code, except the trust_remote_code load when the folder's code is not this
+    package's: refused under ``--dry-run``, run in a separate process (and said so) by a real push."""
     if not model_dir.is_dir():
         raise SystemExit(f"semflow: no such folder: {model_dir}")
     files = repo_files(model_dir)
@@ -393,7 +729,23 @@ def validate_push_folder(model_dir: Path, repo_id: str) -> list[str]:
               for why in [safetensors_problem(model_dir / f)] if why]
     if broken:
         raise SystemExit("semflow: corrupt safetensors weights:\n  " + "\n  ".join(broken))
-    check_loads(model_dir, files)
+    problems = weight_problems(model_dir, files)
+    if problems:
+        raise SystemExit("semflow: the weights do not match the model their config describes (a loader would "
+                         "initialise or drop these tensors silently):\n  " + "\n  ".join(problems))
+    custom = code_differences(model_dir, files)
+    if custom and dry_run:
+        raise SystemExit(
+            f"semflow: {model_dir}'s code is not this package's:\n  " + "\n  ".join(custom) + "\n--dry-run does "
+            "not execute a folder's own code, and its trust_remote_code=True load check would, so it was not run "
+            "(every other check passed). If the folder is yours, refresh its code with `python -c \"from "
+            "semflow_pipeline.pipeline_semflow import write_remote_code as w; w('DIR')\"`; if you wrote these "
+            "changes on purpose, push without --dry-run: the load check then runs in a separate process, offline "
+            "and without your Hub token.")
+    if custom:
+        print(f"semflow: {model_dir}'s code is not this package's ({'; '.join(custom)}): its load checks run in a "
+              "separate process, offline, without your Hub token", file=sys.stderr)
+    check_loads(model_dir, files, isolated=bool(custom))
     if "README.md" not in files:
         print("semflow: warning: no README.md model card in the folder", file=sys.stderr)
     elif repo_id not in (model_dir / "README.md").read_text(encoding="utf-8", errors="replace"):
@@ -420,15 +772,17 @@ def run_push(args) -> int:
     if args.create_pr and args.revision not in (None, "main"):
         raise SystemExit("semflow: --create-pr opens a pull request against main; leave out --revision "
                          "(to add a commit to an open pull request, use --revision refs/pr/N without --create-pr)")
-    files = validate_push_folder(model_dir, args.repo_id)
+    files = validate_push_folder(model_dir, args.repo_id, dry_run=args.dry_run)
     where = (args.repo_id + (f" (branch {args.revision})" if args.revision else "")
              + (" as a pull request" if args.create_pr else ""))
     if args.dry_run:
         print(f"Would upload {len(files)} files from {model_dir} to {where}:")
         for f in files:
             print(f"  {f}")
-        print("semflow: checked: the files load as a SemFlow pipeline (also with trust_remote_code=True), every "
-              "safetensors header matches its file, no symlink leads out of the folder. "
+        print("semflow: checked: the files load as a SemFlow pipeline (also with trust_remote_code=True: the "
+              "folder's code is byte-identical to this package's, so no code of the folder's own was run), every "
+              "safetensors header matches its file and the model's expected tensors (names, shapes, finite "
+              "values), no file is a pickle by its content, no special file, no symlink leads out of the folder. "
               + ("Remote files not listed here would be kept." if args.keep_remote_files else
                  "Remote files not listed here would be deleted (--keep-remote-files keeps them)."), file=sys.stderr)
         return 0

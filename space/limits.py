@@ -16,3 +16,7 @@ MAX_SYNTHESIS_CALLS = 100  # samples x network calls per synthesis request
 MAX_FLOW_STEPS = 25  # Flow: steps (frames shown: at most MAX_FLOW_FRAMES per direction)
 SEED_MAX = 2**63 - 1
 CANVAS_SIZE = (480, 360)  # CamVid's frame (W, H)
+# Request bodies, refused before they are read (body_limit.BodySizeLimit): a JSON call may carry one pasted (base64)
+# image of MAX_UPLOAD_BYTES, an upload two files of it.
+MAX_JSON_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
+MAX_UPLOAD_BODY_BYTES = 2 * MAX_UPLOAD_BYTES + 2**20

@@ -45,8 +45,8 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # ------------------------------------------------------------------------------------------------ limits
 # In space/limits.py (ood.py reads them too); imported here under their old names.
 from .limits import (  # noqa: E402,F401
-    CANVAS_SIZE, MASK_MAX_SIDE, MAX_FLOW_STEPS, MAX_PIXELS, MAX_SAMPLES, MAX_STEPS, MAX_SYNTHESIS_CALLS,
-    MAX_UPLOAD_BYTES, SEED_MAX, WORK_MAX_SIDE,
+    CANVAS_SIZE, MASK_MAX_SIDE, MAX_FLOW_STEPS, MAX_JSON_BODY_BYTES, MAX_PIXELS, MAX_SAMPLES, MAX_STEPS,
+    MAX_SYNTHESIS_CALLS, MAX_UPLOAD_BODY_BYTES, MAX_UPLOAD_BYTES, SEED_MAX, WORK_MAX_SIDE,
 )
 
 CSS = """
@@ -107,7 +107,16 @@ def launch_kwargs(demo: Optional[gr.Blocks] = None) -> dict:
     """Arguments for ``demo.launch`` that belong to the app: its CSS (with the model's class names in the brush
     palette, which ``build_demo`` stores on the demo), its JS and the upload size limit (gradio's
     ``max_file_size``: larger uploads are refused with HTTP 413 before they reach the disk)."""
-    return dict(css=getattr(demo, "semflow_css", CSS), js=JS, max_file_size=MAX_UPLOAD_BYTES)
+    from starlette.middleware import Middleware
+
+    from .body_limit import BodySizeLimit
+
+    # A request body above the limit is answered 413 before it is read (a 300 MB JSON body used to be parsed
+    # whole, peaking at 2 GB, before the handler's own "larger than 25 MB" check): FastAPI's `middleware`, passed
+    # through gradio's `app_kwargs` (middleware cannot be added once the server has started).
+    limit = Middleware(BodySizeLimit, max_json_bytes=MAX_JSON_BODY_BYTES, max_upload_bytes=MAX_UPLOAD_BODY_BYTES)
+    return dict(css=getattr(demo, "semflow_css", CSS), js=JS, max_file_size=MAX_UPLOAD_BYTES,
+                app_kwargs={"middleware": [limit]})
 
 
 def user_errors(fn):

@@ -39,6 +39,23 @@ REFUSED = (
 )
 
 
+MAX_EDITOR_LAYERS = 8  # the app's editors send a background, at most one layer and a composite
+MAX_EDITOR_PIXELS = 6 * 2048 * 2048  # all images of one editor value together, read from their headers
+
+
+def _header_pixels(path: str) -> int:
+    """Width x height from the image header (PIL opens lazily: no pixel data is decoded); 0 if unreadable (the
+    decoder then reports the file)."""
+    try:
+        import PIL.Image
+
+        with PIL.Image.open(path) as im:
+            w, h = im.size
+            return int(w) * int(h) * max(1, int(getattr(im, "n_frames", 1) or 1))
+    except Exception:  # noqa: BLE001
+        return 0
+
+
 class RefusedFile(InputError):
     """A payload that names a file this app may not read (always with the message REFUSED)."""
 
@@ -192,11 +209,25 @@ class UploadGate:
         layers = payload.get("layers") or []
         if not isinstance(layers, list):
             raise InputError(f"The {what}'s layers must be a list of images.")
-        return {
+        # Bounded before any file is opened or decoded: a 72 KB request naming one small PNG 400 times used to
+        # decode 400 full-size layers (~8 MB each) at once.
+        if len(layers) > MAX_EDITOR_LAYERS:
+            raise InputError(f"The {what} has {len(layers)} layers; the limit is {MAX_EDITOR_LAYERS}.")
+        out = {
             "background": self.file(payload.get("background"), what),
             "layers": [p for p in (self.file(x, what) for x in layers) if p is not None],
             "composite": self.file(payload.get("composite"), what),
         }
+        paths = [p for p in (out["background"], *out["layers"], out["composite"]) if p is not None]
+        total = sum(os.path.getsize(p) for p in paths)
+        if total > self.max_bytes:
+            raise InputError(f"The {what}'s images hold {total / 2**20:.0f} MB together; the limit is "
+                             f"{self.max_bytes // 2**20} MB.")
+        pixels = sum(_header_pixels(p) for p in paths)  # from the image headers: nothing decoded yet
+        if pixels > MAX_EDITOR_PIXELS:
+            raise InputError(f"The {what}'s images hold {pixels / 1e6:.0f} megapixels together; the limit is "
+                             f"{MAX_EDITOR_PIXELS / 1e6:.0f}.")
+        return out
 
 
 def example_files(folder: Path) -> list[Path]:

@@ -190,3 +190,18 @@ def test_same_file_name_in_two_folders_gets_no_meaningless_rename_message(tmp_pa
         main(["segment", str(tmp_path / "x"), str(tmp_path / "y"), "-o", str(tmp_path / "o")])
     err = capsys.readouterr().err
     assert "a.png, a.png" not in err and "a_png_*, a_png_*" not in err
+
+
+@pytest.mark.parametrize("command", ["segment", "synthesize"])
+def test_output_dir_that_is_a_file_is_a_clear_error(model_dir, photos, tmp_path, command):
+    """Issue 18 item 8: `-o existing_file.png` used to end in a FileExistsError traceback."""
+    existing = tmp_path / "existing_file.png"
+    existing.write_bytes(b"keep me")
+    with pytest.raises(SystemExit, match=r"-o .*existing_file.png: that is an existing file, not a folder"):
+        main([command, str(photos / "a.png"), "-o", str(existing), "--model", str(model_dir)])
+    assert existing.read_bytes() == b"keep me"
+    with pytest.raises(SystemExit, match="cannot create the output folder"):
+        main([command, str(photos / "a.png"), "-o", str(existing / "sub"), "--model", str(model_dir)])
+    done = subprocess.run([sys.executable, "-m", "semflow_pipeline.cli", command, str(photos / "a.png"), "-o",
+                           str(existing), "--model", str(model_dir)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1 and "not a folder" in done.stderr and "Traceback" not in done.stderr

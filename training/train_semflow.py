@@ -88,6 +88,9 @@ def load_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     ap.add_argument("--data_root")
     ap.add_argument("--pretrained_model_name_or_path")
     ap.add_argument("--resume_from_checkpoint", help="'latest' or a checkpoint-<step> folder")
+    ap.add_argument("--overwrite", action="store_true",
+                    help="start from scratch in an output_dir that already holds checkpoints, deleting them "
+                         "(without it such a run is refused: resume it, or pick a new --output_dir)")
     args = ap.parse_args(argv)
     cfg = dict(DEFAULTS)
     if args.config:
@@ -108,6 +111,7 @@ def load_config(argv: Optional[List[str]] = None) -> Dict[str, Any]:
         if getattr(args, k) is not None:
             cfg[k] = getattr(args, k)
     cfg["resume_from_checkpoint"] = args.resume_from_checkpoint
+    cfg["overwrite"] = bool(args.overwrite)
     launcher = "accelerate launch" if any(k.startswith("ACCELERATE_") for k in os.environ) else "python"
     cfg["command"] = " ".join([launcher, "training/train_semflow.py"] + list(argv if argv is not None else sys.argv[1:]))
     return cfg
@@ -468,6 +472,11 @@ def resume_state(accelerator, requested: str, ckpt_root: str) -> tuple:
             raise SystemExit(f"--resume_from_checkpoint: no such checkpoint folder: {requested}")
         if not os.path.basename(os.path.normpath(requested)).split("-")[-1].isdigit():
             raise SystemExit(f"--resume_from_checkpoint: {requested} is not a checkpoint-<step> folder")
+        ok, detail = verify_checksums(requested)
+        if ok is False:
+            raise SystemExit(f"--resume_from_checkpoint: could not load {requested}: checksum check failed: {detail} "
+                             "(pass an older checkpoint, or 'latest' to use the newest one that verifies)")
+        _say_unverified(accelerator, requested, ok)
         try:
             accelerator.load_state(requested)
         except Exception as e:
@@ -475,6 +484,13 @@ def resume_state(accelerator, requested: str, ckpt_root: str) -> tuple:
         return requested, checkpoint_step(requested)
     failed = []
     for path in list_checkpoints(ckpt_root):
+        ok, detail = verify_checksums(path)
+        if ok is False:
+            accelerator.print(f"checkpoint {path} could not be loaded (checksum check failed: {detail}); "
+                              "falling back to the previous checkpoint")
+            failed.append(path)
+            continue
+        _say_unverified(accelerator, path, ok)
         try:
             accelerator.load_state(path)
         except Exception as e:
@@ -492,6 +508,12 @@ def resume_state(accelerator, requested: str, ckpt_root: str) -> tuple:
         raise SystemExit(f"no loadable checkpoint in {ckpt_root}: {', '.join(map(os.path.basename, failed))} all "
                          "failed to load; remove them or start without --resume_from_checkpoint")
     return None, 0
+
+
+def _say_unverified(accelerator, path: str, ok) -> None:
+    if ok is None:
+        accelerator.print(f"checkpoint {path} has no {CHECKSUMS_FILE} (saved by an older version): loading it "
+                          "unverified")
 
 
 def replace_dir(src: str, dst: str) -> None:
@@ -514,6 +536,124 @@ def remove_leftovers(ckpt_root: str) -> None:
         for d in os.listdir(ckpt_root):
             if d.startswith("checkpoint-") and d.endswith((".tmp", ".old")):
                 shutil.rmtree(os.path.join(ckpt_root, d), ignore_errors=True)
+
+
+CHECKSUMS_FILE = "checksums.json"
+
+
+def _sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_checksums(folder: str) -> Dict[str, str]:
+    """Records the SHA-256 of every file of a just-saved checkpoint in ``folder/checksums.json`` (fsynced, written
+    atomically); ``verify_checksums`` checks them before a resume loads anything. Returns ``{relative path: hash}``."""
+    sums = {}
+    for dirpath, _, names in os.walk(folder):
+        for name in names:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, folder).replace(os.sep, "/")
+            if rel != CHECKSUMS_FILE:
+                sums[rel] = _sha256(full)
+    write_json_atomic(os.path.join(folder, CHECKSUMS_FILE), {"algorithm": "sha256", "files": dict(sorted(sums.items()))})
+    return sums
+
+
+def verify_checksums(folder: str) -> tuple:
+    """``(ok, detail)``: ``ok`` is True when every file recorded in ``checksums.json`` is present with its recorded
+    SHA-256, False (``detail`` names the files) when one is missing or differs -- a flipped byte inside a tensor
+    leaves a valid file that would load silently -- and None when the checkpoint has no (readable) record
+    (written before checksums were recorded): it is then loaded unverified, and said so."""
+    manifest = os.path.join(folder, CHECKSUMS_FILE)
+    if not os.path.isfile(manifest):
+        return None, f"no {CHECKSUMS_FILE}"
+    try:
+        with open(manifest) as f:
+            record = json.load(f)
+        files = record["files"]
+        if record.get("algorithm") != "sha256" or not isinstance(files, dict) or not files:
+            raise ValueError("unexpected content")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return False, f"{CHECKSUMS_FILE} is unreadable ({type(e).__name__}: {e})"
+    bad = []
+    for rel, digest in files.items():
+        full = os.path.join(folder, *str(rel).split("/"))
+        if ".." in str(rel).split("/") or not os.path.isfile(full):
+            bad.append(f"{rel} is missing")
+        elif _sha256(full) != digest:
+            bad.append(f"{rel} differs from the checksum recorded when it was saved")
+    if bad:
+        return False, "; ".join(bad)
+    return True, f"{len(files)} files match {CHECKSUMS_FILE}"
+
+
+_WRITE_ERROR_HINTS = ("no space left", "disk quota", "read-only file system", "unexpected pos", "file write failed",
+                      "permission denied", "file too large", "input/output error")
+
+
+def is_write_failure(e: BaseException) -> bool:
+    """Whether ``e`` comes from the file system refusing a write (full disk, read-only, no permission, I/O error),
+    whatever library raised it: ``OSError``, safetensors' ``SafetensorError`` (``IoError ... No space left``) or
+    torch's zip writer (``RuntimeError ... unexpected pos`` / ``file write failed``)."""
+    import errno
+
+    if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM,
+                                              errno.EFBIG, errno.EIO):
+        return True
+    if isinstance(e, (OSError, RuntimeError)) or type(e).__name__ == "SafetensorError":
+        text = str(e).lower()
+        return any(h in text for h in _WRITE_ERROR_HINTS)
+    return False
+
+
+def _free_bytes(path: str) -> Optional[int]:
+    p = os.path.abspath(path)
+    while p and not os.path.exists(p):
+        p = os.path.dirname(p)
+    try:
+        return shutil.disk_usage(p).free
+    except OSError:
+        return None
+
+
+def write_failure_message(e: BaseException, what: str, where: str, ckpt_root: Optional[str]) -> str:
+    """One paragraph for a failed write: what happened (disk full / read-only / no permission), the free space,
+    and which checkpoint is still good to resume from."""
+    import errno
+
+    text = str(e).lower()
+    code = getattr(e, "errno", None)
+    free = _free_bytes(where)  # measured before a partial write is deleted
+    if code in (errno.ENOSPC, errno.EDQUOT) or "no space left" in text or "disk quota" in text:
+        cause = "the disk is full"
+    elif code == errno.EROFS or "read-only file system" in text:
+        cause = "the output folder is on a read-only file system"
+    elif code in (errno.EACCES, errno.EPERM) or "permission denied" in text:
+        cause = "there is no permission to write there"
+    elif code == errno.EFBIG or "file too large" in text:
+        cause = "a file size limit was reached"
+    elif ("unexpected pos" in text or "file write failed" in text) and free is not None and free < 64 * 2**20:
+        cause = "the disk is full (a write stopped part-way)"
+    elif "unexpected pos" in text or "file write failed" in text:
+        cause = "a write stopped part-way (the usual cause is a full disk)"
+    else:
+        cause = "the file system refused the write"
+    free_s = f"; {free / 2**20:.1f} MB free there" if free is not None else ""
+    first = " ".join(str(e).split())[:300]
+    msg = f"could not write {what} to {where}: {cause}{free_s} ({type(e).__name__}: {first})."
+    good = latest_checkpoint(ckpt_root) if ckpt_root else None
+    if good:
+        msg += (f" The last good checkpoint, {good}, is intact: free some space (or make the folder writable) and "
+                "resume with --resume_from_checkpoint latest, or copy it elsewhere.")
+    else:
+        msg += " No checkpoint had been saved yet."
+    return msg
 
 
 def write_json_atomic(path: str, data: Dict[str, Any]) -> None:
@@ -652,6 +792,33 @@ def plot_log(csv_path: str, png_path: str) -> None:
 # -------------------------------------------------------------------------------------------------- main
 def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     cfg = load_config(argv)
+    try:
+        return train(cfg)
+    except Exception as e:
+        # A full disk, a read-only or unwritable output folder: one message that says so (and which checkpoint is
+        # still good), not a SafetensorError / "unexpected pos" traceback.
+        if is_write_failure(e):
+            raise SystemExit("train_semflow: " + write_failure_message(
+                e, "the run's files", cfg["output_dir"], os.path.join(cfg["output_dir"], "checkpoints"))) from e
+        raise
+
+
+def refuse_existing_checkpoints(cfg: Dict[str, Any]) -> List[str]:
+    """A run without --resume_from_checkpoint into an output_dir that holds checkpoints would start from scratch
+    and replace them one by one: refused, unless --overwrite. Returns the checkpoints that --overwrite deletes."""
+    existing = list_checkpoints(os.path.join(cfg["output_dir"], "checkpoints"))
+    if not existing or cfg["resume_from_checkpoint"]:
+        return []
+    if not cfg.get("overwrite"):
+        names = ", ".join(os.path.basename(p) for p in existing)
+        raise SystemExit(f"train_semflow: {cfg['output_dir']} already holds checkpoints ({names}) from an earlier run. "
+                         "Continue it with --resume_from_checkpoint latest, train into a new --output_dir, or pass "
+                         "--overwrite to start from scratch and delete them.")
+    return existing
+
+
+def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
+    overwritten = refuse_existing_checkpoints(cfg)
     if cfg["num_threads"]:
         torch.set_num_threads(int(cfg["num_threads"]))
     from accelerate import Accelerator
@@ -670,7 +837,14 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
     set_seed(int(cfg["seed"]) + accelerator.process_index)
     is_main = accelerator.is_main_process
     cfg["mixed_precision_used"] = f"{mp} ({mp_reason})"  # config.yaml keeps the requested value too
+    accelerator.wait_for_everyone()  # every process has checked the output folder before the main one changes it
     if is_main:
+        if overwritten:
+            accelerator.print(f"--overwrite: deleting the earlier run's {', '.join(map(os.path.basename, overwritten))}")
+            shutil.rmtree(os.path.join(out, "checkpoints"))
+            for stale in ("wall_time.json", "result.json", "eval.json"):
+                if os.path.isfile(os.path.join(out, stale)):
+                    os.remove(os.path.join(out, stale))
         os.makedirs(out, exist_ok=True)
         with open(os.path.join(out, "config.yaml"), "w") as f:
             yaml.safe_dump({k: v for k, v in cfg.items()}, f, sort_keys=False)
@@ -862,11 +1036,23 @@ def main(argv: Optional[List[str]] = None) -> Dict[str, Any]:
             if is_main:
                 remove_leftovers(ckpt_root)
             accelerator.wait_for_everyone()
-            accelerator.save_state(path + ".tmp")
-            accelerator.wait_for_everyone()
+            try:
+                accelerator.save_state(path + ".tmp")
+                accelerator.wait_for_everyone()
+                if is_main:
+                    # The checksum of every file the resume will load, recorded before the rename: resume verifies
+                    # them and falls back to an older checkpoint when one differs (a flipped byte stays loadable).
+                    write_checksums(path + ".tmp")
+                    write_json_atomic(os.path.join(path + ".tmp", "wall_time.json"), {"elapsed_s": elapsed, "step": done})
+                    replace_dir(path + ".tmp", path)  # resumed from an older checkpoint: replaces this step's old one
+            except Exception as e:
+                if not is_write_failure(e):
+                    raise
+                msg = write_failure_message(e, f"checkpoint-{done}", ckpt_root, ckpt_root)
+                # The partial save is deleted (it only holds space); the older checkpoints were never touched.
+                shutil.rmtree(path + ".tmp", ignore_errors=True)
+                raise SystemExit("train_semflow: " + msg) from e
             if is_main:
-                write_json_atomic(os.path.join(path + ".tmp", "wall_time.json"), {"elapsed_s": elapsed, "step": done})
-                replace_dir(path + ".tmp", path)  # resumed from an older checkpoint: replaces this step's old one
                 write_json_atomic(state_file, {"elapsed_s": elapsed, "step": done})
                 limit = cfg["checkpoints_total_limit"]
                 if limit:

@@ -579,6 +579,7 @@ class SemFlowPipeline(DiffusionPipeline):
                     p = F.interpolate(p, size=images[i].shape[1:], mode="bilinear", align_corners=False)
                 lab, conf = self.codec.decode(p)  # class channels only: no full-resolution C-channel state
                 lab, conf = lab[0].cpu(), conf[0].cpu()
+                del p  # the class channels at the reduced size: freed before the full-size outputs exist
                 if match_input_resolution and tuple(lab.shape) != tuple(sizes[i]):  # a reduced huge input
                     lab, conf = upscale_labels(lab, conf, sizes[i])
                 labels[i], confidence[i], anchors[i] = lab, conf, pred[j].float().cpu()

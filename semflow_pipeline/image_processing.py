@@ -51,6 +51,10 @@ _OUT_OF_RANGE_TOLERANCE = 1e-3  # float rounding of a [0, 1] image (e.g. 255 / 2
 _PIL_INT_MODES = ("I;16", "I;16B", "I;16L", "I")
 
 
+# `segment` reduces larger inputs to this many pixels first (SemFlowPipeline.max_full_resolution_pixels).
+MAX_FULL_RESOLUTION_PIXELS = 2_000_000
+
+
 class EightBitDataWarning(UserWarning):
     """A 16-bit image that holds only 0..255 values was read as 8-bit data."""
 
@@ -126,6 +130,47 @@ def to_image_tensor(image: Any, name: str = "image", float_range_margin: float =
     if is_float:
         check_float_range(t, name, float_range_margin, max_out_of_range_fraction)
     return t.contiguous()
+
+
+def reduce_large_image(image: Any, max_pixels: Optional[int]) -> tuple:
+    """``(image, None)`` for an image of at most ``max_pixels`` pixels (or any input that is not a PIL image or a
+    uint8 array); else ``(reduced, (H, W))``: the image resized (bilinear, PIL) to at most ``max_pixels`` pixels,
+    aspect kept, before any float copy is made, with its original size. Palette, bilevel and CMYK images become RGB
+    first, so that they are resized smoothly rather than by nearest index."""
+    if max_pixels is None:
+        return image, None
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and (
+            image.ndim == 2 or (image.ndim == 3 and image.shape[-1] in (1, 3, 4))):
+        h, w = image.shape[:2]
+        if h * w <= max_pixels:
+            return image, None
+        image = PIL.Image.fromarray(image[..., 0] if image.ndim == 3 and image.shape[-1] == 1 else image)
+    if not isinstance(image, PIL.Image.Image):
+        return image, None
+    w, h = image.size
+    if w * h <= max_pixels:
+        return image, None
+    if image.mode in ("P", "1", "PA", "CMYK", "YCbCr", "LA"):
+        image = image.convert("RGBA" if image.mode in ("PA", "LA") or "transparency" in image.info else "RGB")
+    elif image.mode.startswith("I;16"):
+        image = image.convert("I")  # PIL resizes 32-bit, not 16-bit, grayscale smoothly
+    s = (max_pixels / (w * h)) ** 0.5
+    return image.resize((max(1, int(w * s)), max(1, int(h * s))), PIL.Image.BILINEAR), (h, w)
+
+
+def upscale_labels(labels: torch.Tensor, confidence: torch.Tensor, size: tuple) -> tuple:
+    """Labels ``(h, w)`` (nearest) and confidence ``(h, w)`` (bilinear) brought to ``size`` ``(H, W)``, with no
+    intermediate at the full size beyond the two outputs."""
+    h, w = labels.shape
+    rows = (torch.arange(size[0]) * h // size[0]).clamp_(max=h - 1)
+    cols = (torch.arange(size[1]) * w // size[1]).clamp_(max=w - 1)
+    out = torch.empty(tuple(size), dtype=labels.dtype)
+    for r in range(0, size[0], 256):  # bands of rows: no (H, w) intermediate
+        out[r : r + 256] = labels[rows[r : r + 256]][:, cols]
+    labels = out
+    confidence = torch.nn.functional.interpolate(confidence[None, None].float(), size=tuple(size), mode="bilinear",
+                                                 align_corners=False)[0, 0]
+    return labels, confidence
 
 
 def _warn_eight_bit(name: str, what: str) -> None:

@@ -39,6 +39,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .anchors import AnchorCodec, check_generator
 from .image_processing import (
     FLOAT_RANGE_MARGIN,
+    MAX_FULL_RESOLUTION_PIXELS,
     MAX_OUT_OF_RANGE_FRACTION,
     OUTPUT_TYPES,
     ImageInput,
@@ -46,9 +47,11 @@ from .image_processing import (
     check_inputs,
     color_table,
     mask_from_colors,
+    reduce_large_image,
     resolve_num_images_per_mask,
     to_image_tensor,
     to_label_map,
+    upscale_labels,
 )
 from .scheduling_semflow import SemFlowScheduler
 
@@ -449,6 +452,12 @@ class SemFlowPipeline(DiffusionPipeline):
     # Float images must be in [0, 1]: values more than this outside, or outside [0, 1] on more than this share of
     # values, are data on another scale (0..255, [-1, 1]) and raise (see image_processing.py).
     float_range_margin: float = FLOAT_RANGE_MARGIN
+    # `segment` on an input above this many pixels (a PIL image or uint8 array) reduces it (bilinear) to this size
+    # before anything else, and brings labels (nearest) and confidence (bilinear) back to the input's size: the model
+    # works at a few hundred pixels anyway, and a 48 MP photo then costs its outputs (int64 labels and float32
+    # confidence, 576 MB) plus ~0.2 GB, not 6+ GB (float copies and K class channels at full size). Inputs at or
+    # below it give exactly the unreduced results. `None`: never reduce.
+    max_full_resolution_pixels: Optional[int] = MAX_FULL_RESOLUTION_PIXELS
     max_out_of_range_fraction: Optional[float] = MAX_OUT_OF_RANGE_FRACTION
 
     def processing_size(self, height: int, width: int, processing_resolution: Optional[int] = None) -> tuple:
@@ -553,13 +562,17 @@ class SemFlowPipeline(DiffusionPipeline):
                           callback_on_step_end_tensor_inputs=callback_on_step_end_tensor_inputs)
         steps, batch_size = int(steps), int(batch_size)
         processing_resolution = None if processing_resolution is None else int(processing_resolution)
-        images = [self._to_image_tensor(im) for im in self._as_list(image, "image")]
+        images, sizes = [], []  # sizes: each input's own (H, W); a huge input is reduced first (see below)
+        for im in self._as_list(image, "image"):
+            im, size = reduce_large_image(im, self.max_full_resolution_pixels)
+            images.append(self._to_image_tensor(im))
+            sizes.append(size or tuple(images[-1].shape[1:]))
         device = self._execution_device
 
         labels, confidence, anchors = [None] * len(images), [None] * len(images), [None] * len(images)
         states = [None] * len(images)
-        for group in self._batches(images, processing_resolution, batch_size):
-            size = self.processing_size(*images[group[0]].shape[1:], processing_resolution)
+        for group in self._batches(sizes, processing_resolution, batch_size):
+            size = self.processing_size(*sizes[group[0]], processing_resolution)
             x = torch.stack([F.interpolate(images[i][None], size=size, mode="bilinear", antialias=True,
                                            align_corners=False)[0] for i in group]).to(device) * 2 - 1
             state = self.integrate(self.image_to_state(x), steps, "segment", callback_on_step_end,
@@ -574,7 +587,11 @@ class SemFlowPipeline(DiffusionPipeline):
                 if match_input_resolution and tuple(p.shape[2:]) != tuple(images[i].shape[1:]):
                     p = F.interpolate(p, size=images[i].shape[1:], mode="bilinear", align_corners=False)
                 lab, conf = self.codec.decode(p)  # class channels only: no full-resolution C-channel state
-                labels[i], confidence[i], anchors[i] = lab[0].cpu(), conf[0].cpu(), pred[j].float().cpu()
+                lab, conf = lab[0].cpu(), conf[0].cpu()
+                del p  # the class channels at the reduced size: freed before the full-size outputs exist
+                if match_input_resolution and tuple(lab.shape) != tuple(sizes[i]):  # a reduced huge input
+                    lab, conf = upscale_labels(lab, conf, sizes[i])
+                labels[i], confidence[i], anchors[i] = lab, conf, pred[j].float().cpu()
 
         self.maybe_free_model_hooks()
         if output_type == "latent":
@@ -590,12 +607,13 @@ class SemFlowPipeline(DiffusionPipeline):
             return labels_out, conf_out, anchors_out
         return SemFlowSegmentationOutput(labels=labels_out, confidence=conf_out, anchor_images=anchors_out)
 
-    def _batches(self, images: list, processing_resolution, batch_size: int) -> list[list[int]]:
-        """Groups consecutive images with the same processing size into batches of at most ``batch_size``."""
+    def _batches(self, sizes: list, processing_resolution, batch_size: int) -> list[list[int]]:
+        """Groups consecutive images (given by their ``(H, W)``) with the same processing size into batches of at
+        most ``batch_size``."""
         groups: list[list[int]] = []
         last = None
-        for i, im in enumerate(images):
-            size = self.processing_size(*im.shape[1:], processing_resolution)
+        for i, hw in enumerate(sizes):
+            size = self.processing_size(*hw, processing_resolution)
             if groups and size == last and len(groups[-1]) < batch_size:
                 groups[-1].append(i)
             else:
@@ -1104,6 +1122,6 @@ def _is_text(x: Any) -> bool:
 def _stack(items: list, output_type: str):
     """Stacks per-image tensors when their sizes agree (else a list), as numpy or torch."""
     if all(x.shape == items[0].shape for x in items):
-        out = torch.stack(items)
+        out = items[0][None] if len(items) == 1 else torch.stack(items)  # one image: a view, no full-size copy
         return out.numpy() if output_type == "np" else out
     return [x.numpy() if output_type == "np" else x for x in items]

@@ -505,14 +505,15 @@ def _expected_state(component_dir: Path, library: str, class_name: str) -> tuple
     from accelerate import init_empty_weights
 
     cls = getattr(importlib.import_module(library), class_name, None)
-    if library == "diffusers":
+    diffusers_model = library == "diffusers" or library.startswith("semflow_pipeline.")  # ours: diffusers models
+    if diffusers_model:
         from diffusers import ModelMixin as Base
     else:
         from transformers import PreTrainedModel as Base
     if not isinstance(cls, type) or not issubclass(cls, Base):
         raise ValueError(f"{library}.{class_name} is not a {Base.__name__} model class")
     with init_empty_weights():
-        if library == "diffusers":
+        if diffusers_model:
             model = cls.from_config(cls.load_config(str(component_dir)))
         else:
             from transformers import AutoConfig
@@ -524,6 +525,15 @@ def _expected_state(component_dir: Path, library: str, class_name: str) -> tuple
         value = getattr(model, attr, None) or []
         optional += list(value.keys()) if isinstance(value, dict) else list(value)
     return {k: tuple(v.shape) for k, v in model.state_dict().items()}, optional
+
+
+def _package_component_module(spec) -> bool:
+    """Whether a ``model_index.json`` entry names one of this package's model classes with its own module file."""
+    from semflow_pipeline import pipeline_semflow
+
+    known = dict(pipeline_semflow.REMOTE_COMPONENT_CODE)
+    known.update({cls: module for module, cls in pipeline_semflow.PACKAGE_COMPONENT_FILES.values()})
+    return isinstance(spec, list) and len(spec) == 2 and known.get(spec[1]) == spec[0]
 
 
 def weight_problems(model_dir: Path, files: list[str]) -> list[str]:
@@ -545,15 +555,18 @@ def weight_problems(model_dir: Path, files: list[str]) -> list[str]:
                                         and isinstance(spec[1], str)):
             continue
         weights = [f for f in files if f.startswith(comp + "/") and f.count("/") == 1 and f.endswith(".safetensors")]
-        if spec[0] not in ("diffusers", "transformers"):
+        library = spec[0]
+        if _package_component_module(spec):  # a model of this package's, saved with its code: built from ours
+            library = f"semflow_pipeline.{spec[0]}"
+        elif spec[0] not in ("diffusers", "transformers"):
             continue  # the scheduler, a tokenizer: no weights
         if not weights:
             problems.append(f"{comp}: no .safetensors weights")
             continue
         try:
-            expected, optional = _expected_state(model_dir / comp, spec[0], spec[1])
+            expected, optional = _expected_state(model_dir / comp, library, spec[1])
         except Exception as e:  # noqa: BLE001
-            problems.append(f"{comp}: cannot build {spec[0]}.{spec[1]} from its config ({type(e).__name__}: {e})")
+            problems.append(f"{comp}: cannot build {library}.{spec[1]} from its config ({type(e).__name__}: {e})")
             continue
         groups: list[list[str]] = []
         sharded: set = set()
@@ -612,17 +625,23 @@ def code_differences(model_dir: Path, files: list[str]) -> list[str]:
     here = Path(pipeline_semflow.__file__).resolve().parent
     ours = {target: here / name for name, targets in pipeline_semflow.REMOTE_CODE_FILES.items() for target in targets}
     diffs = []
+    try:
+        index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        index = None
+    allowed = {"_class_name": ["pipeline_semflow", "SemFlowPipeline"], "scheduler": ["scheduling_semflow", "SemFlowScheduler"]}
+    for key, spec in (index or {}).items():
+        if _package_component_module(spec):  # saved with this package's own model code (unet/unet_semflow.py)
+            allowed[key] = spec
+            ours[f"{key}/{spec[0]}.py"] = here / f"{spec[0]}.py"
     for f in files:
         if f.lower().endswith((".py", ".pyc", ".pyo", ".pyd", ".so", ".pyw", ".pth")):
             if f not in ours:
                 diffs.append(f"{f} (not part of SemFlow's code)")
             elif (model_dir / f).read_bytes() != ours[f].read_bytes():
                 diffs.append(f"{f} (differs from {ours[f].name} of semflow_pipeline {_package_version()})")
-    try:
-        index = json.loads((model_dir / "model_index.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+    if index is None:
         return diffs + ["model_index.json (unreadable)"]
-    allowed = {"_class_name": ["pipeline_semflow", "SemFlowPipeline"], "scheduler": ["scheduling_semflow", "SemFlowScheduler"]}
     for key, spec in index.items():
         if key in allowed:
             if spec != allowed[key]:

@@ -166,3 +166,28 @@ def test_class_weights_favour_rare_classes():
     w = class_weights(DS(), 3, 11, 0.5)
     assert w[1] > w[0] > w[2]
     assert class_weights(DS(), 3, 11, 0.0) is None
+
+
+def test_push_dry_run_accepts_the_models_own_code_and_checks_its_weights(tmp_path, capsys):
+    from safetensors.torch import load_file, save_file
+
+    from semflow_pipeline.cli import main
+
+    folder = tmp_path / "model"
+    encoder_pipeline().save_pretrained(folder)
+    (folder / "README.md").write_text('---\nlibrary_name: diffusers\n---\n# tiny\n\nfrom_pretrained("user/tiny")\n')
+    assert main(["push", str(folder), "user/tiny", "--dry-run"]) == 0
+    capsys.readouterr()
+    # A stale or edited copy of the model code is not this package's code: refused without running it.
+    code = folder / "unet" / "unet_semflow.py"
+    code.write_text(code.read_text() + "\n# edited\n")
+    with pytest.raises(SystemExit, match="unet/unet_semflow.py"):
+        main(["push", str(folder), "user/tiny", "--dry-run"])
+    encoder_pipeline().save_pretrained(folder)
+    # A dropped trunk tensor is found by comparing with the model the config builds.
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    state.pop("encoder.stem.bias")
+    save_file(state, weights)
+    with pytest.raises(SystemExit, match="encoder.stem.bias"):
+        main(["push", str(folder), "user/tiny", "--dry-run"])

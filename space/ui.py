@@ -387,7 +387,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         colors = model.colorize(labels)
         arr = np.asarray(img)
         key = overlays.put(arr, colors)
-        warning = ood.check(seg.confidence, steps)
+        warning = ood.check(seg.confidence, steps, seg.labels)
         overlay = _file(_blend(arr, colors, opacity), "overlay", jpeg=True)
         confidence = _file(_confidence_image(seg.confidence), "confidence", jpeg=True)
         if palette_ids:  # one file: the colour label map *is* the label-id PNG, at the upload's size
@@ -478,7 +478,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         steps = _steps(steps, "Segmentation steps")
         img, _ = _photo(photo)
         seg = model.segment(img, steps, _progress_fn(progress, "Predicting the mask"))
-        warning = ood.check(seg.confidence, steps)
+        warning = ood.check(seg.confidence, steps, seg.labels)
         if warning:
             gr.Warning(warning)
         mask = _file(model.colorize(seg.labels), "mask")

@@ -62,6 +62,8 @@ CSS = """
 .brush-legend { display: flex; flex-wrap: wrap; gap: 2px 12px; font-size: 0.9em; margin-top: 4px; }
 .brush-legend span.item { white-space: nowrap; }
 .ood-warning { border: 2px solid #d97706; background: #fef3c7; color: #78350f; border-radius: 6px; padding: 6px 10px; }
+.mask-note { border: 1px solid #2563eb88; background: #eff6ff; color: #1e3a8a; border-radius: 6px; padding: 4px 10px;
+  font-size: 0.9em; }
 .limits { font-size: 0.85em; opacity: 0.85; }
 /* File names of downloads wrap instead of being cut to ".p" on narrow screens. */
 #seg-file table.file-preview { table-layout: fixed; width: 100%; }
@@ -295,6 +297,15 @@ def brush_legend_html(model: SpaceModel) -> str:
     return f"<div class='brush-legend' title='brush colours'>{items}</div>"
 
 
+def _is_jpeg(path: str) -> bool:
+    """Whether a file is a JPEG (lossy: a colour mask saved so has colours off the legend's)."""
+    try:
+        with Image.open(path) as im:
+            return im.format in ("JPEG", "MPO")
+    except Exception:  # noqa: BLE001 - reading the mask reports the problem
+        return False
+
+
 def _note_html(warning: Optional[str]) -> str:
     return f"<div class='ood-warning'>⚠ {html.escape(warning)}</div>" if warning else ""
 
@@ -424,13 +435,25 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         gallery = [(_file(im, "sample"), f"seed {seed}, sample {i + 1}") for i, im in enumerate(images)]
         return gallery, _file(model.colorize(ids), "mask")
 
-    def _mask_ids(payload):
+    def _read_mask(payload) -> tuple[np.ndarray, str]:
+        """Label ids of an uploaded mask and a note on how the app read it (shown under the mask input)."""
         path = gate.file(payload, "mask")
         if path is None:
             raise InputError("Upload a mask first: a label-id PNG or a colour-coded mask in the legend's colours.")
         kind, mask = load_mask_file(path, MASK_MAX_SIDE, label_colors=display_colors)
         release_memory()
-        return model.labels_from_mask(kind, mask)
+        ids, note = model.read_mask(kind, mask, lossy=_is_jpeg(path))
+        if note is None and kind == "ids":
+            present = np.unique(ids)
+            names = ", ".join(model.class_names[i] for i in present if 0 <= i < k)
+            note = (f"Read as a label-id mask (pixel value = class id; a plain label-id PNG looks black in most "
+                    f"viewers): {names}. Shown in the legend's colours below.")
+        elif note is None:
+            note = "Read as a colour-coded mask in the legend's colours."
+        return ids, note
+
+    def _mask_ids(payload):
+        return _read_mask(payload)[0]
 
     @user_errors
     def synthesize(mask, steps, perturbation, seed, num_samples, progress=gr.Progress()):
@@ -438,14 +461,18 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         return _synth(_mask_ids(mask), args, progress)
 
     def preview_mask(mask):
-        """The uploaded mask in the legend's colours (a label-id PNG looks black as is). Problems with the file
-        are reported once, when Synthesize is clicked."""
+        """The uploaded mask as the app reads it, in the legend's colours (a label-id PNG looks black as is), and
+        a note saying how it was read; a file that is no mask gets its message at once, under the input."""
         if mask is None:
-            return None
+            return None, ""
         try:
-            return _file(model.colorize(_mask_ids(mask)), "mask")
-        except Exception:  # noqa: BLE001
-            return None
+            ids, note = _read_mask(mask)
+            return _file(model.colorize(ids), "mask"), f"<div class='mask-note'>{html.escape(note)}</div>"
+        except InputError as e:
+            return None, _note_html(str(e))
+        except Exception:  # noqa: BLE001 - Synthesize reports it with the full message
+            logger.exception("mask preview failed")
+            return None, _note_html("This file could not be read as a mask.")
 
     def _editor_arrays(payload) -> dict:
         files = gate.editor(payload)
@@ -479,10 +506,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         img, _ = _photo(photo)
         seg = model.segment(img, steps, _progress_fn(progress, "Predicting the mask"))
         warning = ood.check(seg.confidence, steps, seg.labels)
-        if warning:
-            gr.Warning(warning)
         mask = _file(model.colorize(seg.labels), "mask")
-        return {"background": mask, "layers": [], "composite": mask}, _file(img, "photo")
+        return {"background": mask, "layers": [], "composite": mask}, _file(img, "photo"), _note_html(warning)
 
     @user_errors
     def edit_synthesize(editor, steps, perturbation, seed, num_samples, progress=gr.Progress()):
@@ -553,9 +578,9 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         if photo_examples:
                             gr.Examples(photo_examples, inputs=[seg_in], label="Photos synthesized by the model",
                                         elem_id="seg-examples")
-                        seg_legend = gr.HTML(legend, label="Legend", elem_id="seg-legend")
+                        seg_legend = gr.HTML(legend, label="Legend with class shares", elem_id="seg-legend")
                     with gr.Column(scale=2):
-                        seg_note = gr.HTML("", elem_id="seg-note")
+                        seg_note = gr.HTML("", label="Out-of-domain warning", elem_id="seg-note")
                         with gr.Row():
                             seg_map = gr.Image(label="Label map (class-id PNG)" if palette_ids else "Label map",
                                                format="png", interactive=False, elem_id="seg-map")
@@ -585,6 +610,10 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                     type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                     label="Mask: label-id PNG, or colours from the legend", elem_id="syn-input",
                                 )
+                                syn_note = gr.HTML("", label="How the mask was read", elem_id="syn-note")
+                                syn_preview = gr.Image(label="The mask as the app reads it (legend colours)",
+                                                       format="png", interactive=False, height=200,
+                                                       elem_id="syn-preview")
                                 syn_btn = gr.Button("Synthesize", variant="primary", elem_id="syn-run")
                                 gr.Examples(id_examples + color_examples, inputs=[syn_in], elem_id="syn-examples",
                                             label="Drawn street layouts (label-id palette PNGs, then RGB colour masks)")
@@ -607,7 +636,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                     with gr.Column(scale=1):
                         syn_gallery = gr.Gallery(label="Samples", columns=2, height="auto", object_fit="contain",
                                                  format="png", elem_id="syn-gallery")
-                        syn_mask = gr.Image(label="Mask (colour-coded)", format="png", interactive=False,
+                        syn_mask = gr.Image(label="Mask used (colour-coded)", format="png", interactive=False,
                                             elem_id="syn-mask")
 
             # --------------------------------------------------------------------------------------- Edit
@@ -621,11 +650,12 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                            label="Photo", elem_id="edit-input")
                         edit_seg_steps = gr.Slider(1, MAX_STEPS, value=model.default_steps, step=1,
                                                    label="Segmentation steps")
-                        edit_predict_btn = gr.Button("1. Predict mask", elem_id="edit-predict")
+                        edit_predict_btn = gr.Button("1. Predict mask", variant="primary", elem_id="edit-predict")
                         if photo_examples:
                             gr.Examples(photo_examples, inputs=[edit_in], elem_id="edit-examples")
                         edit_photo = gr.Image(label="Photo (as segmented)", interactive=False, elem_id="edit-photo")
                     with gr.Column(scale=2):
+                        edit_note = gr.HTML("", label="Out-of-domain warning", elem_id="edit-note")
                         edit_canvas = gr.ImageEditor(
                             label="2. Repaint the predicted mask", type="numpy", image_mode="RGBA", sources=[],
                             format="png", transforms=[], layers=False,
@@ -682,16 +712,27 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         for listener in (seg_opacity.input, seg_opacity.release):
             listener(reblend, [seg_state, seg_opacity], [seg_overlay], api_visibility="private",
                      concurrency_limit=None, trigger_mode="always_last", show_progress="hidden")
-        syn_in.change(preview_mask, [syn_in], [syn_mask], api_visibility="private", preprocess=False,
-                      concurrency_id="preview", concurrency_limit=concurrency_limit, show_progress="minimal")
+        # Stale results go as soon as their input changes (issue 17 item 4): a new photo or mask clears the outputs
+        # (and any error badge) that belong to the previous one.
+        seg_in.change(clear(None, None, None, legend, "", None, *([None] if seg_file else [])), None, seg_outputs,
+                      **quick)
+        syn_in.change(clear(None, None, None, ""), None, [syn_gallery, syn_mask, syn_preview, syn_note], **quick).then(
+            preview_mask, [syn_in], [syn_preview, syn_note], api_visibility="private", preprocess=False,
+            concurrency_id="preview", concurrency_limit=concurrency_limit, show_progress="minimal")
+        canvas.change(clear(None, None), None, [syn_gallery, syn_mask], **quick)
+        edit_in.change(clear(None, None, None, None, ""), None, [edit_canvas, edit_photo, edit_gallery, edit_mask,
+                                                                  edit_note], **quick)
+        edit_canvas.change(clear(None, None), None, [edit_gallery, edit_mask], **quick)
+        flow_in.change(clear(None, None), None, [flow_fwd, flow_bwd], **quick)
         syn_btn.click(clear(None), None, [syn_gallery], **quick).then(
             synthesize, [syn_in, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
             api_name="synthesize", **run)
         canvas_btn.click(clear(None, None), None, [syn_gallery, syn_mask], **quick).then(
             synthesize_canvas, [canvas, canvas_bg, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
             api_name="synthesize_canvas", **run)
-        edit_predict_btn.click(
-            edit_predict, [edit_in, edit_seg_steps], [edit_canvas, edit_photo], api_name="edit_predict", **run)
+        edit_predict_btn.click(clear(None, None, ""), None, [edit_gallery, edit_mask, edit_note], **quick).then(
+            edit_predict, [edit_in, edit_seg_steps], [edit_canvas, edit_photo, edit_note], api_name="edit_predict",
+            **run)
         edit_btn.click(clear(None, None), None, [edit_gallery, edit_mask], **quick).then(
             edit_synthesize, [edit_canvas, edit_steps, edit_beta, edit_seed, edit_n], [edit_gallery, edit_mask],
             api_name="edit_synthesize", **run)

@@ -72,8 +72,20 @@ CSS = """
   word-break: break-all; overflow: visible !important; text-overflow: clip !important; max-width: none !important; }
 #seg-file td.filename span { display: inline !important; }
 #seg-file td.download { width: 6em; white-space: nowrap; }
-/* Flow galleries: every frame visible, no inner scroll hiding the end states. */
-#flow-forward .grid-wrap, #flow-backward .grid-wrap { max-height: none !important; overflow: visible !important; }
+/* Galleries (Flow, Samples, Edit): every image visible at any width, no inner scroll box, no empty square boxes
+   around 4:3 pictures, captions under the pictures instead of over them (issue 17 items 3 and 5). */
+.semflow-gallery .grid-wrap { max-height: none !important; height: auto !important; overflow: visible !important; }
+.semflow-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(104px, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; }
+.semflow-gallery.samples .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
+.semflow-gallery .thumbnail-item { aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column; }
+.semflow-gallery .thumbnail-item img { width: 100% !important; height: auto !important; aspect-ratio: 4 / 3;
+  object-fit: contain !important; }
+.semflow-gallery .caption-label { position: static !important; max-width: none !important; border: none !important;
+  background: none !important; opacity: 0.85; text-align: center; padding: 2px 0 !important; }
+/* Canvas labels: wrap instead of running under the toolbar on a phone. */
+.semflow-canvas label, .semflow-canvas label span { white-space: normal !important; overflow: visible !important; }
 """
 
 
@@ -105,6 +117,9 @@ def palette_css(class_names: list[str]) -> str:
         "transform: translateY(-50%); white-space: nowrap; font-size: 12px; color: var(--body-text-color); "
         "pointer-events: none; }",
     ]
+    rules.append("@media (max-width: 640px) { .semflow-canvas menu.swatch { grid-template-columns: "
+                 "repeat(2, max-content); } .semflow-canvas menu.swatch button.color { margin-right: 6.6em !important; } "
+                 ".semflow-canvas menu.swatch button.color::after { font-size: 11px; } }")
     for i, name in enumerate(class_names):
         label = f"{i} {name}".replace("\\", "").replace('"', "")
         rules.append(f'.semflow-canvas menu.swatch button.color:nth-child({i + 1})::after {{ content: "{label}"; }}')
@@ -619,7 +634,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                             label="Drawn street layouts (label-id palette PNGs, then RGB colour masks)")
                             with gr.Tab("Paint a mask", id="paint"):
                                 canvas = gr.ImageEditor(
-                                    label="Paint with one brush per class; unpainted = background class",
+                                    label="Paint a mask (one brush per class)",
                                     type="numpy", image_mode="RGBA", sources=["upload"], format="png",
                                     canvas_size=CANVAS_SIZE, transforms=[], layers=False,
                                     brush=gr.Brush(colors=hex_colors, default_color=hex_colors[0],
@@ -627,6 +642,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                     elem_id="syn-canvas", elem_classes=["semflow-canvas"],
                                 )
                                 gr.HTML(brush_legend_html(model), elem_id="syn-brush-legend")
+                                gr.Markdown("Unpainted pixels get the background class below.", elem_classes=["limits"])
                                 canvas_bg = gr.Dropdown(class_choices, value=0, label="Background class (unpainted)",
                                                         elem_id="syn-bg")
                                 canvas_btn = gr.Button("Synthesize from canvas", variant="primary",
@@ -635,7 +651,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         gr.HTML(legend, elem_id="syn-legend")
                     with gr.Column(scale=1):
                         syn_gallery = gr.Gallery(label="Samples", columns=2, height="auto", object_fit="contain",
-                                                 format="png", elem_id="syn-gallery")
+                                                 format="png", elem_id="syn-gallery",
+                                                 elem_classes=["semflow-gallery", "samples"])
                         syn_mask = gr.Image(label="Mask used (colour-coded)", format="png", interactive=False,
                                             elem_id="syn-mask")
 
@@ -667,7 +684,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         edit_steps, edit_beta, edit_seed, edit_n = synthesis_settings("edit")
                         edit_btn = gr.Button("3. Synthesize", variant="primary", elem_id="edit-run")
                         edit_gallery = gr.Gallery(label="New photos with your layout", columns=2, height="auto",
-                                                  object_fit="contain", format="png", elem_id="edit-gallery")
+                                                  object_fit="contain", format="png", elem_id="edit-gallery",
+                                                  elem_classes=["semflow-gallery", "samples"])
                         edit_mask = gr.Image(label="Mask used", format="png", interactive=False, elem_id="edit-mask")
 
             # --------------------------------------------------------------------------------------- Flow
@@ -689,16 +707,19 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         gr.Markdown("**Segmentation:** photo (t = 0) → mask (t = 1)")
                         flow_fwd = gr.Gallery(show_label=False, label="Segmentation", columns=6, height="auto",
                                               format="png", object_fit="contain", allow_preview=True,
-                                              elem_id="flow-forward")
+                                              elem_id="flow-forward", elem_classes=["semflow-gallery"])
                         gr.Markdown("**Synthesis:** mask (t = 1) → photo (t = 0)")
                         flow_bwd = gr.Gallery(show_label=False, label="Synthesis", columns=6, height="auto",
                                               format="png", object_fit="contain", allow_preview=True,
-                                              elem_id="flow-backward")
+                                              elem_id="flow-backward", elem_classes=["semflow-gallery"])
 
         # -------------------------------------------------------------------------------------------- events
         # Model events get the raw payloads (preprocess=False): the handlers check files and numbers themselves.
         run = dict(concurrency_id="model", concurrency_limit=concurrency_limit, preprocess=False)
         quick = dict(queue=False, api_visibility="private", show_progress="hidden")
+        # A run's first (instant) step clears its outputs and scrolls them into view, so the progress and then the
+        # results show where the user looks, also on a phone where they sit below the inputs (issue 17 item 3).
+        start = dict(quick, scroll_to_output=True)
 
         def clear(*values):  # the previous run's outputs go before a new run: no stale results next to an error
             return lambda: list(values) if len(values) > 1 else values[0]
@@ -706,7 +727,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         seg_outputs = [seg_map, seg_overlay, seg_conf, seg_legend, seg_note, seg_state]
         seg_outputs += [seg_file] if seg_file else []
         seg_btn.click(clear(None, None, None, legend, "", None, *([None] if seg_file else [])), None, seg_outputs,
-                      **quick).then(
+                      **start).then(
             segment, [seg_in, seg_steps, seg_opacity], seg_outputs, api_name="segment",
             show_progress_on=[seg_map, seg_overlay, seg_conf], **run)
         for listener in (seg_opacity.input, seg_opacity.release):
@@ -724,19 +745,19 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                                                   edit_note], **quick)
         edit_canvas.change(clear(None, None), None, [edit_gallery, edit_mask], **quick)
         flow_in.change(clear(None, None), None, [flow_fwd, flow_bwd], **quick)
-        syn_btn.click(clear(None), None, [syn_gallery], **quick).then(
+        syn_btn.click(clear(None), None, [syn_gallery], **start).then(
             synthesize, [syn_in, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
             api_name="synthesize", **run)
-        canvas_btn.click(clear(None, None), None, [syn_gallery, syn_mask], **quick).then(
+        canvas_btn.click(clear(None, None), None, [syn_gallery, syn_mask], **start).then(
             synthesize_canvas, [canvas, canvas_bg, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
             api_name="synthesize_canvas", **run)
         edit_predict_btn.click(clear(None, None, ""), None, [edit_gallery, edit_mask, edit_note], **quick).then(
             edit_predict, [edit_in, edit_seg_steps], [edit_canvas, edit_photo, edit_note], api_name="edit_predict",
             **run)
-        edit_btn.click(clear(None, None), None, [edit_gallery, edit_mask], **quick).then(
+        edit_btn.click(clear(None, None), None, [edit_gallery, edit_mask], **start).then(
             edit_synthesize, [edit_canvas, edit_steps, edit_beta, edit_seed, edit_n], [edit_gallery, edit_mask],
             api_name="edit_synthesize", **run)
-        flow_btn.click(clear(None, None), None, [flow_fwd, flow_bwd], **quick).then(
+        flow_btn.click(clear(None, None), None, [flow_fwd, flow_bwd], **start).then(
             flow, [flow_in, flow_steps], [flow_fwd, flow_bwd], api_name="flow", **run)
 
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)

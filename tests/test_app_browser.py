@@ -257,11 +257,11 @@ def test_label_id_example_shows_in_colour_and_synthesizes(page):
     assert thumb.mean() > 40 and len(np.unique(thumb.reshape(-1, 3) // 32, axis=0)) >= 4, "black thumbnail"
     first.click()
     page.wait_for_selector("#syn-input img")
-    page.wait_for_function("() => { const e = document.querySelector('#syn-mask img'); return e && e.complete"
+    page.wait_for_function("() => { const e = document.querySelector('#syn-preview img'); return e && e.complete"
                            " && e.naturalWidth > 0; }")
     shown = _seen(page.locator("#syn-input img"))
     assert shown.mean() > 40, "the label-id mask shows black in the input"
-    preview = np.asarray(_fetch_image(page, "#syn-mask img").convert("RGB")).reshape(-1, 3)
+    preview = np.asarray(_fetch_image(page, "#syn-preview img").convert("RGB")).reshape(-1, 3)
     assert {tuple(c) for c in np.unique(preview, axis=0)} <= {tuple(c) for c in CAMVID_COLORS}
     _click_and_wait(page, "#syn-run", "#syn-mask img", "#syn-gallery img")
     page.wait_for_function("document.querySelectorAll('#syn-gallery img').length >= 2")

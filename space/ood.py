@@ -261,10 +261,14 @@ def new_view(img, seed: int):
     return ImageOps.mirror(out) if rng.random() < 0.5 else out
 
 
+MARGINS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0)
+
+
 def fit_threshold(scores: np.ndarray, quantile: float, margin: float) -> float:
-    """Flag below: the ``quantile`` of the fit frames' scores, lowered by ``margin`` (in score units, i.e. spreads
-    of a standardised feature), so that a sequence unlike the fit ones does not fall below it at once."""
-    return float(np.quantile(scores, quantile) - margin)
+    """Flag below: the ``quantile`` of the fit frames' scores, lowered by ``margin`` spreads (standard deviations)
+    of those scores, so that a sequence unlike the fit ones does not fall below it at once."""
+    scores = np.asarray(scores, np.float64)
+    return float(np.quantile(scores, quantile) - margin * max(float(np.std(scores)), 1e-6))
 
 
 def _standardise(feats: list[dict], weights: dict) -> dict:
@@ -274,14 +278,15 @@ def _standardise(feats: list[dict], weights: dict) -> dict:
 
 
 def evaluate(frames: dict[str, list[dict]], ood: list[dict], counts: dict[str, np.ndarray], quantile: float,
-             margin: float, candidates: dict = CANDIDATES) -> dict:
+             target: float, candidates: dict = CANDIDATES, margins=MARGINS) -> dict:
     """Leave-one-sequence-out for every candidate score.
 
     ``frames``: per sequence, each image's raw features ``{"mean_confidence", "low_confidence", "hist"}`` (hist:
     its predicted label histogram per grid cell); ``counts``: per sequence, the annotation's class counts per cell
-    (the layout prior of a fold comes from its fit sequences only). Returns per candidate: per held-out sequence
-    its false-alarm rate and the out-of-domain catches of that fold's threshold, and the final rule fitted on all
-    sequences.
+    (the layout prior of a fold comes from its fit sequences only). For each candidate, the margin is the smallest
+    of ``margins`` for which every held-out sequence stays within ``target`` false alarms (or the largest one);
+    returns per candidate that margin, per held-out sequence its false-alarm rate and the out-of-domain catches of
+    that fold's threshold, and the final rule, fitted on all sequences with that margin.
     """
     seqs = sorted(frames)
 
@@ -289,36 +294,46 @@ def evaluate(frames: dict[str, list[dict]], ood: list[dict], counts: dict[str, n
         return [{"mean_confidence": x["mean_confidence"], "low_confidence": x["low_confidence"],
                  "layout": float((x["hist"] * logp).sum() / max(1.0, x["hist"].sum()))} for x in items]
 
+    folds_data = {}
+    for held in seqs if len(seqs) > 1 else []:
+        logp = log_prior(sum(counts[q] for q in seqs if q != held))
+        folds_data[held] = (with_layout([x for q in seqs if q != held for x in frames[q]], logp),
+                            with_layout(frames[held], logp), with_layout(ood, logp))
+    logp_all = log_prior(sum(counts[q] for q in seqs))
+    fit_all, ood_all = with_layout([x for q in seqs for x in frames[q]], logp_all), with_layout(ood, logp_all)
+
     results = {}
     for name, weights in candidates.items():
-        folds = {}
-        for held in seqs if len(seqs) > 1 else []:
-            fit_seqs = [q for q in seqs if q != held]
-            logp = log_prior(sum(counts[q] for q in fit_seqs))
-            fit = with_layout([x for q in fit_seqs for x in frames[q]], logp)
+        scored = {}
+        for held, (fit, held_f, ood_f) in folds_data.items():
             rule = _standardise(fit, weights)
-            t = fit_threshold(np.array([score(x, rule) for x in fit]), quantile, margin)
-            held_scores = np.array([score(x, rule) for x in with_layout(frames[held], logp)])
-            ood_scores = np.array([score(x, rule) for x in with_layout(ood, logp)])
-            folds[held] = {"false_alarm_rate": float((held_scores < t).mean()), "n": int(len(held_scores)),
-                           "ood_caught": int((ood_scores < t).sum())}
-        logp = log_prior(sum(counts[q] for q in seqs))
-        fit = with_layout([x for q in seqs for x in frames[q]], logp)
-        rule = _standardise(fit, weights)
-        fit_scores = np.array([score(x, rule) for x in fit])
-        t = fit_threshold(fit_scores, quantile, margin)
-        ood_scores = np.array([score(x, rule) for x in with_layout(ood, logp)])
+            scored[held] = (np.array([score(x, rule) for x in fit]), np.array([score(x, rule) for x in held_f]),
+                            np.array([score(x, rule) for x in ood_f]))
+        chosen_margin, folds = margins[-1], {}
+        for margin in margins:
+            folds = {}
+            for held, (fit_s, held_s, ood_s) in scored.items():
+                t = fit_threshold(fit_s, quantile, margin)
+                folds[held] = {"false_alarm_rate": float((held_s < t).mean()), "n": int(len(held_s)),
+                               "ood_caught": int((ood_s < t).sum())}
+            if all(f["false_alarm_rate"] <= target for f in folds.values()):
+                chosen_margin = margin
+                break
+        rule = _standardise(fit_all, weights)
+        fit_scores = np.array([score(x, rule) for x in fit_all])
+        t = fit_threshold(fit_scores, quantile, chosen_margin)
+        ood_scores = np.array([score(x, rule) for x in ood_all])
         fars = [f["false_alarm_rate"] for f in folds.values()]
         n = sum(f["n"] for f in folds.values())
         results[name] = {
-            "folds": folds,
+            "margin": chosen_margin, "folds": folds,
             "heldout_false_alarm_rate": (sum(f["false_alarm_rate"] * f["n"] for f in folds.values()) / n) if n else 0.0,
             "worst_heldout_false_alarm_rate": max(fars) if fars else 0.0,
             "rule": {**rule, "threshold": round(t, 4)},
             "fit_false_alarm_rate": float((fit_scores < t).mean()),
             "ood_caught": int((ood_scores < t).sum()), "ood_total": int(len(ood_scores)),
             "ood_scores": [round(float(v), 3) for v in ood_scores],
-            "layout_log_prior": logp,
+            "layout_log_prior": logp_all,
         }
     return results
 
@@ -336,18 +351,18 @@ def table(results: dict, chosen: Optional[str] = None) -> list[str]:
     """Markdown table rows: one per candidate, false alarms per held-out sequence and catches."""
     seqs = sorted(next(iter(results.values()))["folds"])
     head = ("| score | " + " | ".join(f"false alarms, held-out {q}" for q in seqs)
-            + " | held-out (all) | worst | out-of-domain caught (final threshold) |")
-    lines = [head, "|" + "---|" * (len(seqs) + 4)]
+            + " | held-out (all) | worst | margin | out-of-domain caught (final threshold) |")
+    lines = [head, "|" + "---|" * (len(seqs) + 5)]
     for name, r in results.items():
         mark = " **(chosen)**" if name == chosen else ""
         cells = " | ".join(f"{r['folds'][q]['false_alarm_rate']:.1%} of {r['folds'][q]['n']}" for q in seqs)
         lines.append(f"| {name}{mark} | {cells} | {r['heldout_false_alarm_rate']:.1%} | "
-                     f"{r['worst_heldout_false_alarm_rate']:.1%} | {r['ood_caught']}/{r['ood_total']} |")
+                     f"{r['worst_heldout_false_alarm_rate']:.1%} | {r['margin']:g} | {r['ood_caught']}/{r['ood_total']} |")
     return lines
 
 
 def calibrate(model: str, data_root: str, steps_list: list[int], target: float = 0.05, quantile: float = 0.01,
-              margin: float = 0.5, per_sequence: Optional[int] = 12, views: bool = True,
+              per_sequence: Optional[int] = 12, views: bool = True,
               domain: str = DEFAULT_DOMAIN, splits=("train", "val"), batch: int = 4) -> dict:
     import tempfile
 
@@ -405,7 +420,7 @@ def calibrate(model: str, data_root: str, steps_list: list[int], target: float =
     result = {"statistic": STATISTIC, "model": m.name, "model_fingerprint": m.fingerprint(),
               "dataset": f"CamVid {'+'.join(splits)}, {len(chosen_frames)} frames of {len(seqs)} sequences "
                          f"({', '.join(seqs)}){', each also as a new view' if views else ''}",
-              "domain": domain, "target_false_alarm_rate": target, "fit_quantile": quantile, "margin": margin,
+              "domain": domain, "target_false_alarm_rate": target, "fit_quantile": quantile,
               "grid": list(GRID), "low_quantile": LOW_QUANTILE,
               "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "steps": {},
               "out_of_domain_pictures": [name for name, _ in ood_list]}
@@ -416,24 +431,27 @@ def calibrate(model: str, data_root: str, steps_list: list[int], target: float =
         for name, f in zip(names, feats):
             per_seq.setdefault(sequence_of(name), []).append(f)
         ood = run(ood_photos, steps)
-        results = evaluate(per_seq, ood, counts, quantile, margin)
+        results = evaluate(per_seq, ood, counts, quantile, target)
         best = choose(results, target)
         r = results[best]
         result["layout_log_prior"] = np.round(r["layout_log_prior"], 4).tolist()  # the same for every step count
         result["steps"][str(steps)] = {
-            "score": best, **r["rule"], "false_alarm_rate": r["heldout_false_alarm_rate"],
+            "score": best, **r["rule"], "margin": r["margin"], "false_alarm_rate": r["heldout_false_alarm_rate"],
             "worst_heldout_false_alarm_rate": r["worst_heldout_false_alarm_rate"],
             "fit_false_alarm_rate": r["fit_false_alarm_rate"], "ood_detected": r["ood_caught"],
             "ood_total": r["ood_total"],
             "ood_values": {name: v for (name, _), v in zip(ood_list, r["ood_scores"])},
             "candidates": {n: {"heldout_false_alarm_rate": round(x["heldout_false_alarm_rate"], 4),
                                "worst_heldout_false_alarm_rate": round(x["worst_heldout_false_alarm_rate"], 4),
-                               "folds": x["folds"], "ood_caught": x["ood_caught"]} for n, x in results.items()},
+                               "margin": x["margin"], "folds": x["folds"], "ood_caught": x["ood_caught"]}
+                           for n, x in results.items()},
         }
         print(f"\n## {steps} step(s) ({time.time() - ts:.0f} s): leave-one-sequence-out false alarms and catches of "
               f"the {len(ood)} out-of-domain pictures", flush=True)
         print("\n".join(table(results, best)), flush=True)
-        print(f"chosen: {best}, threshold {r['rule']['threshold']:.2f}", flush=True)
+        print(f"chosen: {best}, margin {r['margin']:g}, threshold {r['rule']['threshold']:.2f}; held-out false alarms "
+              f"{r['heldout_false_alarm_rate']:.1%} (worst sequence {r['worst_heldout_false_alarm_rate']:.1%}), "
+              f"out-of-domain caught {r['ood_caught']}/{r['ood_total']}", flush=True)
     result["seconds"] = round(time.time() - t0, 1)
     return result
 
@@ -446,10 +464,11 @@ def write_markdown(result: dict, path: Path) -> None:
         f"{result['created']}. Re-run: `python -m space.ood --model ...`.",
         "",
         f"Leave-one-sequence-out: for each sequence, the threshold (the {result['fit_quantile']:.0%} quantile of the "
-        f"other sequences' scores, minus {result['margin']}) is fitted without it and its false alarms are counted "
-        f"on it; the shipped score is the candidate with the most out-of-domain pictures caught among those whose "
-        f"worst held-out sequence stays within {result['target_false_alarm_rate']:.0%}, its threshold then fitted "
-        "on all sequences. Scores are sums of standardised features: mean confidence, its "
+        "other sequences' scores, minus a margin in standard deviations of those scores) is fitted without it and "
+        "its false alarms are counted on it; each score gets the smallest margin that keeps every held-out sequence "
+        f"within {result['target_false_alarm_rate']:.0%}; the shipped score is the one that then catches the most "
+        "out-of-domain pictures, its threshold fitted on all sequences with its margin. Scores are sums of "
+        "standardised features: mean confidence, its "
         f"{result['low_quantile']}th percentile (low_confidence), and the layout's log-probability under a positional "
         "class prior (layout).",
         "",
@@ -458,12 +477,12 @@ def write_markdown(result: dict, path: Path) -> None:
         seqs = sorted(next(iter(r["candidates"].values()))["folds"])
         lines += [f"#### {s} step(s): chosen `{r['score']}`, threshold {r['threshold']:.2f}", "",
                   "| score | " + " | ".join(f"false alarms, held-out {q}" for q in seqs)
-                  + " | held-out (all) | worst | out-of-domain caught |", "|" + "---|" * (len(seqs) + 4)]
+                  + " | held-out (all) | worst | margin | out-of-domain caught |", "|" + "---|" * (len(seqs) + 5)]
         for name, c in r["candidates"].items():
             mark = " **(chosen)**" if name == r["score"] else ""
             cells = " | ".join(f"{c['folds'][q]['false_alarm_rate']:.1%} of {c['folds'][q]['n']}" for q in seqs)
             lines.append(f"| {name}{mark} | {cells} | {c['heldout_false_alarm_rate']:.1%} | "
-                         f"{c['worst_heldout_false_alarm_rate']:.1%} | {c['ood_caught']}/{r['ood_total']} |")
+                         f"{c['worst_heldout_false_alarm_rate']:.1%} | {c['margin']:g} | {c['ood_caught']}/{r['ood_total']} |")
         lines += ["", "Out-of-domain pictures (chosen score; flagged below the threshold): "
                   + ", ".join(f"{k.split(':')[-1]} {v:.1f}" for k, v in r["ood_values"].items()), ""]
     path.write_text("\n".join(lines), encoding="utf-8")
@@ -480,8 +499,8 @@ def main(argv=None) -> None:
     ap.add_argument("--false-alarm", type=float, default=0.05,
                     help="target false-alarm rate on every held-out sequence (default 0.05)")
     ap.add_argument("--fit-quantile", type=float, default=0.01,
-                    help="the threshold is this quantile of the fit frames' scores, minus --margin (default 0.01)")
-    ap.add_argument("--margin", type=float, default=0.5, help="see --fit-quantile (default 0.5)")
+                    help="the threshold is this quantile of the fit frames' scores, minus a margin chosen "
+                         "leave-one-sequence-out (default 0.01)")
     ap.add_argument("--per-sequence", type=int, default=12,
                     help="frames per sequence, evenly spaced (default 12; 0 = all, slow)")
     ap.add_argument("--no-views", action="store_true", help="only the frames as they are, no new view of each")
@@ -493,7 +512,7 @@ def main(argv=None) -> None:
 
         default = int(SemFlowPipeline.load_config(args.model).get("default_num_inference_steps", 1))
         args.steps = sorted({default, 1, 2, 5, 10})
-    result = calibrate(args.model, args.data_root, args.steps, args.false_alarm, args.fit_quantile, args.margin,
+    result = calibrate(args.model, args.data_root, args.steps, args.false_alarm, args.fit_quantile,
                        args.per_sequence or None, not args.no_views, args.domain, tuple(args.splits))
     args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
     write_markdown(result, args.out.with_suffix(".md"))

@@ -48,7 +48,15 @@ def main(argv=None) -> None:
     except (OSError, ValueError) as e:  # missing files, unknown repo id offline, not a SemFlow pipeline
         sys.exit(f"Could not load the model {model!r}: {e}")
     # launch_kwargs: the app's CSS and gradio's max_file_size (uploads above the limit are refused with 413).
-    demo.launch(server_name=args.host, server_port=args.port, share=args.share, **launch_kwargs(demo))
+    # quiet: gradio's own start message would advise `share=True` in `launch()`; this app's option is --share.
+    demo.launch(server_name=args.host, server_port=args.port, share=args.share, quiet=True, prevent_thread_lock=True,
+                **launch_kwargs(demo))
+    print(f"* Running on local URL:  {demo.local_url}", flush=True)
+    if demo.share_url:
+        print(f"* Running on public URL: {demo.share_url} (temporary, up to a week)", flush=True)
+    elif not os.environ.get("SPACE_ID"):
+        print("* To create a public link, start the app with `python app.py --share`.", flush=True)
+    demo.block_thread()
 
 
 if __name__ == "__main__":

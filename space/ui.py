@@ -56,6 +56,8 @@ CSS = """
 .brush-legend { display: flex; flex-wrap: wrap; gap: 2px 12px; font-size: 0.9em; margin-top: 4px; }
 .brush-legend span.item { white-space: nowrap; }
 .ood-warning { border: 2px solid #d97706; background: #fef3c7; color: #78350f; border-radius: 6px; padding: 6px 10px; }
+.mask-note { border: 1px solid #2563eb88; background: #eff6ff; color: #1e3a8a; border-radius: 6px; padding: 4px 10px;
+  font-size: 0.9em; }
 .limits { font-size: 0.85em; opacity: 0.85; }
 /* File names of downloads wrap instead of being cut to ".p" on narrow screens. */
 #seg-file table.file-preview { table-layout: fixed; width: 100%; }
@@ -64,8 +66,20 @@ CSS = """
   word-break: break-all; overflow: visible !important; text-overflow: clip !important; max-width: none !important; }
 #seg-file td.filename span { display: inline !important; }
 #seg-file td.download { width: 6em; white-space: nowrap; }
-/* Flow galleries: every frame visible, no inner scroll hiding the end states. */
-#flow-forward .grid-wrap, #flow-backward .grid-wrap { max-height: none !important; overflow: visible !important; }
+/* Galleries (Flow, Samples, Edit): every image visible at any width, no inner scroll box, no empty square boxes
+   around 4:3 pictures, captions under the pictures instead of over them (issue 17 items 3 and 5). */
+.semflow-gallery .grid-wrap { max-height: none !important; height: auto !important; overflow: visible !important; }
+.semflow-gallery .grid-container { grid-template-columns: repeat(auto-fill, minmax(104px, 1fr)) !important;
+  grid-template-rows: none !important; grid-auto-rows: auto !important; }
+.semflow-gallery.samples .grid-container { grid-template-columns: repeat(auto-fill, minmax(150px, 1fr)) !important; }
+.semflow-gallery .thumbnail-item { aspect-ratio: auto !important; height: auto !important; display: flex !important;
+  flex-direction: column; }
+.semflow-gallery .thumbnail-item img { width: 100% !important; height: auto !important; aspect-ratio: 4 / 3;
+  object-fit: contain !important; }
+.semflow-gallery .caption-label { position: static !important; max-width: none !important; border: none !important;
+  background: none !important; opacity: 0.85; text-align: center; padding: 2px 0 !important; }
+/* Canvas labels: wrap instead of running under the toolbar on a phone. */
+.semflow-canvas label, .semflow-canvas label span { white-space: normal !important; overflow: visible !important; }
 """
 
 
@@ -97,6 +111,9 @@ def palette_css(class_names: list[str]) -> str:
         "transform: translateY(-50%); white-space: nowrap; font-size: 12px; color: var(--body-text-color); "
         "pointer-events: none; }",
     ]
+    rules.append("@media (max-width: 640px) { .semflow-canvas menu.swatch { grid-template-columns: "
+                 "repeat(2, max-content); } .semflow-canvas menu.swatch button.color { margin-right: 6.6em !important; } "
+                 ".semflow-canvas menu.swatch button.color::after { font-size: 11px; } }")
     for i, name in enumerate(class_names):
         label = f"{i} {name}".replace("\\", "").replace('"', "")
         rules.append(f'.semflow-canvas menu.swatch button.color:nth-child({i + 1})::after {{ content: "{label}"; }}')
@@ -298,6 +315,15 @@ def brush_legend_html(model: SpaceModel) -> str:
     return f"<div class='brush-legend' title='brush colours'>{items}</div>"
 
 
+def _is_jpeg(path: str) -> bool:
+    """Whether a file is a JPEG (lossy: a colour mask saved so has colours off the legend's)."""
+    try:
+        with Image.open(path) as im:
+            return im.format in ("JPEG", "MPO")
+    except Exception:  # noqa: BLE001 - reading the mask reports the problem
+        return False
+
+
 def _note_html(warning: Optional[str]) -> str:
     return f"<div class='ood-warning'>⚠ {html.escape(warning)}</div>" if warning else ""
 
@@ -390,7 +416,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         colors = model.colorize(labels)
         arr = np.asarray(img)
         key = overlays.put(arr, colors)
-        warning = ood.check(seg.confidence, steps)
+        warning = ood.check(seg.confidence, steps, seg.labels)
         overlay = _file(_blend(arr, colors, opacity), "overlay", jpeg=True)
         confidence = _file(_confidence_image(seg.confidence), "confidence", jpeg=True)
         if palette_ids:  # one file: the colour label map *is* the label-id PNG, at the upload's size
@@ -427,13 +453,25 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         gallery = [(_file(im, "sample"), f"seed {seed}, sample {i + 1}") for i, im in enumerate(images)]
         return gallery, _file(model.colorize(ids), "mask")
 
-    def _mask_ids(payload):
+    def _read_mask(payload) -> tuple[np.ndarray, str]:
+        """Label ids of an uploaded mask and a note on how the app read it (shown under the mask input)."""
         path = gate.file(payload, "mask")
         if path is None:
             raise InputError("Upload a mask first: a label-id PNG or a colour-coded mask in the legend's colours.")
         kind, mask = load_mask_file(path, MASK_MAX_SIDE, label_colors=display_colors)
         release_memory()
-        return model.labels_from_mask(kind, mask)
+        ids, note = model.read_mask(kind, mask, lossy=_is_jpeg(path))
+        if note is None and kind == "ids":
+            present = np.unique(ids)
+            names = ", ".join(model.class_names[i] for i in present if 0 <= i < k)
+            note = (f"Read as a label-id mask (pixel value = class id; a plain label-id PNG looks black in most "
+                    f"viewers): {names}. Shown in the legend's colours below.")
+        elif note is None:
+            note = "Read as a colour-coded mask in the legend's colours."
+        return ids, note
+
+    def _mask_ids(payload):
+        return _read_mask(payload)[0]
 
     @user_errors
     def synthesize(mask, steps, perturbation, seed, num_samples, progress=gr.Progress()):
@@ -441,14 +479,18 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         return _synth(_mask_ids(mask), args, progress)
 
     def preview_mask(mask):
-        """The uploaded mask in the legend's colours (a label-id PNG looks black as is). Problems with the file
-        are reported once, when Synthesize is clicked."""
+        """The uploaded mask as the app reads it, in the legend's colours (a label-id PNG looks black as is), and
+        a note saying how it was read; a file that is no mask gets its message at once, under the input."""
         if mask is None:
-            return None
+            return None, ""
         try:
-            return _file(model.colorize(_mask_ids(mask)), "mask")
-        except Exception:  # noqa: BLE001
-            return None
+            ids, note = _read_mask(mask)
+            return _file(model.colorize(ids), "mask"), f"<div class='mask-note'>{html.escape(note)}</div>"
+        except InputError as e:
+            return None, _note_html(str(e))
+        except Exception:  # noqa: BLE001 - Synthesize reports it with the full message
+            logger.exception("mask preview failed")
+            return None, _note_html("This file could not be read as a mask.")
 
     def _editor_arrays(payload) -> dict:
         files = gate.editor(payload)
@@ -481,11 +523,9 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         steps = _steps(steps, "Segmentation steps")
         img, _ = _photo(photo)
         seg = model.segment(img, steps, _progress_fn(progress, "Predicting the mask"))
-        warning = ood.check(seg.confidence, steps)
-        if warning:
-            gr.Warning(warning)
+        warning = ood.check(seg.confidence, steps, seg.labels)
         mask = _file(model.colorize(seg.labels), "mask")
-        return {"background": mask, "layers": [], "composite": mask}, _file(img, "photo")
+        return {"background": mask, "layers": [], "composite": mask}, _file(img, "photo"), _note_html(warning)
 
     @user_errors
     def edit_synthesize(editor, steps, perturbation, seed, num_samples, progress=gr.Progress()):
@@ -556,9 +596,9 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         if photo_examples:
                             gr.Examples(photo_examples, inputs=[seg_in], label="Photos synthesized by the model",
                                         elem_id="seg-examples")
-                        seg_legend = gr.HTML(legend, label="Legend", elem_id="seg-legend")
+                        seg_legend = gr.HTML(legend, label="Legend with class shares", elem_id="seg-legend")
                     with gr.Column(scale=2):
-                        seg_note = gr.HTML("", elem_id="seg-note")
+                        seg_note = gr.HTML("", label="Out-of-domain warning", elem_id="seg-note")
                         with gr.Row():
                             seg_map = gr.Image(label="Label map (class-id PNG)" if palette_ids else "Label map",
                                                format="png", interactive=False, elem_id="seg-map")
@@ -588,12 +628,16 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                     type="filepath", image_mode=None, sources=["upload", "clipboard"],
                                     label="Mask: label-id PNG, or colours from the legend", elem_id="syn-input",
                                 )
+                                syn_note = gr.HTML("", label="How the mask was read", elem_id="syn-note")
+                                syn_preview = gr.Image(label="The mask as the app reads it (legend colours)",
+                                                       format="png", interactive=False, height=200,
+                                                       elem_id="syn-preview")
                                 syn_btn = gr.Button("Synthesize", variant="primary", elem_id="syn-run")
                                 gr.Examples(id_examples + color_examples, inputs=[syn_in], elem_id="syn-examples",
                                             label="Drawn street layouts (label-id palette PNGs, then RGB colour masks)")
                             with gr.Tab("Paint a mask", id="paint"):
                                 canvas = gr.ImageEditor(
-                                    label="Paint with one brush per class; unpainted = background class",
+                                    label="Paint a mask (one brush per class)",
                                     type="numpy", image_mode="RGBA", sources=["upload"], format="png",
                                     canvas_size=CANVAS_SIZE, transforms=[], layers=False,
                                     brush=gr.Brush(colors=hex_colors, default_color=hex_colors[0],
@@ -601,6 +645,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                     elem_id="syn-canvas", elem_classes=["semflow-canvas"],
                                 )
                                 gr.HTML(brush_legend_html(model), elem_id="syn-brush-legend")
+                                gr.Markdown("Unpainted pixels get the background class below.", elem_classes=["limits"])
                                 canvas_bg = gr.Dropdown(class_choices, value=0, label="Background class (unpainted)",
                                                         elem_id="syn-bg")
                                 canvas_btn = gr.Button("Synthesize from canvas", variant="primary",
@@ -609,8 +654,9 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         gr.HTML(legend, elem_id="syn-legend")
                     with gr.Column(scale=1):
                         syn_gallery = gr.Gallery(label="Samples", columns=2, height="auto", object_fit="contain",
-                                                 format="png", elem_id="syn-gallery")
-                        syn_mask = gr.Image(label="Mask (colour-coded)", format="png", interactive=False,
+                                                 format="png", elem_id="syn-gallery",
+                                                 elem_classes=["semflow-gallery", "samples"])
+                        syn_mask = gr.Image(label="Mask used (colour-coded)", format="png", interactive=False,
                                             elem_id="syn-mask")
 
             # --------------------------------------------------------------------------------------- Edit
@@ -624,11 +670,12 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                            label="Photo", elem_id="edit-input")
                         edit_seg_steps = gr.Slider(1, MAX_STEPS, value=model.default_steps, step=1,
                                                    label="Segmentation steps")
-                        edit_predict_btn = gr.Button("1. Predict mask", elem_id="edit-predict")
+                        edit_predict_btn = gr.Button("1. Predict mask", variant="primary", elem_id="edit-predict")
                         if photo_examples:
                             gr.Examples(photo_examples, inputs=[edit_in], elem_id="edit-examples")
                         edit_photo = gr.Image(label="Photo (as segmented)", interactive=False, elem_id="edit-photo")
                     with gr.Column(scale=2):
+                        edit_note = gr.HTML("", label="Out-of-domain warning", elem_id="edit-note")
                         edit_canvas = gr.ImageEditor(
                             label="2. Repaint the predicted mask", type="numpy", image_mode="RGBA", sources=[],
                             format="png", transforms=[], layers=False,
@@ -640,7 +687,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         edit_steps, edit_beta, edit_seed, edit_n = synthesis_settings("edit")
                         edit_btn = gr.Button("3. Synthesize", variant="primary", elem_id="edit-run")
                         edit_gallery = gr.Gallery(label="New photos with your layout", columns=2, height="auto",
-                                                  object_fit="contain", format="png", elem_id="edit-gallery")
+                                                  object_fit="contain", format="png", elem_id="edit-gallery",
+                                                  elem_classes=["semflow-gallery", "samples"])
                         edit_mask = gr.Image(label="Mask used", format="png", interactive=False, elem_id="edit-mask")
 
             # --------------------------------------------------------------------------------------- Flow
@@ -662,16 +710,19 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         gr.Markdown("**Segmentation:** photo (t = 0) → mask (t = 1)")
                         flow_fwd = gr.Gallery(show_label=False, label="Segmentation", columns=6, height="auto",
                                               format="png", object_fit="contain", allow_preview=True,
-                                              elem_id="flow-forward")
+                                              elem_id="flow-forward", elem_classes=["semflow-gallery"])
                         gr.Markdown("**Synthesis:** mask (t = 1) → photo (t = 0)")
                         flow_bwd = gr.Gallery(show_label=False, label="Synthesis", columns=6, height="auto",
                                               format="png", object_fit="contain", allow_preview=True,
-                                              elem_id="flow-backward")
+                                              elem_id="flow-backward", elem_classes=["semflow-gallery"])
 
         # -------------------------------------------------------------------------------------------- events
         # Model events get the raw payloads (preprocess=False): the handlers check files and numbers themselves.
         run = dict(concurrency_id="model", concurrency_limit=concurrency_limit, preprocess=False)
         quick = dict(queue=False, api_visibility="private", show_progress="hidden")
+        # A run's first (instant) step clears its outputs and scrolls them into view, so the progress and then the
+        # results show where the user looks, also on a phone where they sit below the inputs (issue 17 item 3).
+        start = dict(quick, scroll_to_output=True)
 
         def clear(*values):  # the previous run's outputs go before a new run: no stale results next to an error
             return lambda: list(values) if len(values) > 1 else values[0]
@@ -679,26 +730,37 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         seg_outputs = [seg_map, seg_overlay, seg_conf, seg_legend, seg_note, seg_state]
         seg_outputs += [seg_file] if seg_file else []
         seg_btn.click(clear(None, None, None, legend, "", None, *([None] if seg_file else [])), None, seg_outputs,
-                      **quick).then(
+                      **start).then(
             segment, [seg_in, seg_steps, seg_opacity], seg_outputs, api_name="segment",
             show_progress_on=[seg_map, seg_overlay, seg_conf], **run)
         for listener in (seg_opacity.input, seg_opacity.release):
             listener(reblend, [seg_state, seg_opacity], [seg_overlay], api_visibility="private",
                      concurrency_limit=None, trigger_mode="always_last", show_progress="hidden")
-        syn_in.change(preview_mask, [syn_in], [syn_mask], api_visibility="private", preprocess=False,
-                      concurrency_id="preview", concurrency_limit=concurrency_limit, show_progress="minimal")
-        syn_btn.click(clear(None), None, [syn_gallery], **quick).then(
+        # Stale results go as soon as their input changes (issue 17 item 4): a new photo or mask clears the outputs
+        # (and any error badge) that belong to the previous one.
+        seg_in.change(clear(None, None, None, legend, "", None, *([None] if seg_file else [])), None, seg_outputs,
+                      **quick)
+        syn_in.change(clear(None, None, None, ""), None, [syn_gallery, syn_mask, syn_preview, syn_note], **quick).then(
+            preview_mask, [syn_in], [syn_preview, syn_note], api_visibility="private", preprocess=False,
+            concurrency_id="preview", concurrency_limit=concurrency_limit, show_progress="minimal")
+        canvas.change(clear(None, None), None, [syn_gallery, syn_mask], **quick)
+        edit_in.change(clear(None, None, None, None, ""), None, [edit_canvas, edit_photo, edit_gallery, edit_mask,
+                                                                  edit_note], **quick)
+        edit_canvas.change(clear(None, None), None, [edit_gallery, edit_mask], **quick)
+        flow_in.change(clear(None, None), None, [flow_fwd, flow_bwd], **quick)
+        syn_btn.click(clear(None), None, [syn_gallery], **start).then(
             synthesize, [syn_in, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
             api_name="synthesize", **run)
-        canvas_btn.click(clear(None, None), None, [syn_gallery, syn_mask], **quick).then(
+        canvas_btn.click(clear(None, None), None, [syn_gallery, syn_mask], **start).then(
             synthesize_canvas, [canvas, canvas_bg, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
             api_name="synthesize_canvas", **run)
-        edit_predict_btn.click(
-            edit_predict, [edit_in, edit_seg_steps], [edit_canvas, edit_photo], api_name="edit_predict", **run)
-        edit_btn.click(clear(None, None), None, [edit_gallery, edit_mask], **quick).then(
+        edit_predict_btn.click(clear(None, None, ""), None, [edit_gallery, edit_mask, edit_note], **quick).then(
+            edit_predict, [edit_in, edit_seg_steps], [edit_canvas, edit_photo, edit_note], api_name="edit_predict",
+            **run)
+        edit_btn.click(clear(None, None), None, [edit_gallery, edit_mask], **start).then(
             edit_synthesize, [edit_canvas, edit_steps, edit_beta, edit_seed, edit_n], [edit_gallery, edit_mask],
             api_name="edit_synthesize", **run)
-        flow_btn.click(clear(None, None), None, [flow_fwd, flow_bwd], **quick).then(
+        flow_btn.click(clear(None, None), None, [flow_fwd, flow_bwd], **start).then(
             flow, [flow_in, flow_steps], [flow_fwd, flow_bwd], api_name="flow", **run)
 
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)

@@ -257,11 +257,11 @@ def test_label_id_example_shows_in_colour_and_synthesizes(page):
     assert thumb.mean() > 40 and len(np.unique(thumb.reshape(-1, 3) // 32, axis=0)) >= 4, "black thumbnail"
     first.click()
     page.wait_for_selector("#syn-input img")
-    page.wait_for_function("() => { const e = document.querySelector('#syn-mask img'); return e && e.complete"
+    page.wait_for_function("() => { const e = document.querySelector('#syn-preview img'); return e && e.complete"
                            " && e.naturalWidth > 0; }")
     shown = _seen(page.locator("#syn-input img"))
     assert shown.mean() > 40, "the label-id mask shows black in the input"
-    preview = np.asarray(_fetch_image(page, "#syn-mask img").convert("RGB")).reshape(-1, 3)
+    preview = np.asarray(_fetch_image(page, "#syn-preview img").convert("RGB")).reshape(-1, 3)
     assert {tuple(c) for c in np.unique(preview, axis=0)} <= {tuple(c) for c in CAMVID_COLORS}
     _click_and_wait(page, "#syn-run", "#syn-mask img", "#syn-gallery img")
     page.wait_for_function("document.querySelectorAll('#syn-gallery img').length >= 2")
@@ -402,3 +402,161 @@ def test_screenshots_of_every_tab(page):
         _tab(page, *tabs)
         page.wait_for_timeout(500)
         assert _shot(page, name).stat().st_size > 10_000
+
+
+# ------------------------------------------------------------------------------------------- issue 17 items 3-6
+def test_a_new_upload_clears_the_previous_results(page, tmp_path):
+    """Item 4: after a new photo, the previous label map, overlay, confidence, shares and warning are gone."""
+    _tab(page, "Segment")
+    page.locator("#seg-input input[type=file]").set_input_files(str(_street_photo(tmp_path / "a.png")))
+    page.wait_for_selector("#seg-input img")
+    _click_and_wait(page, "#seg-run", "#seg-map img", "#seg-overlay img", "#seg-conf img")
+    assert "share" in page.locator("#seg-legend").inner_text()
+    page.locator("#seg-input input[type=file]").set_input_files(
+        str(_street_photo(tmp_path / "b.png", source="street_6_color.png")))
+    page.wait_for_function("() => !document.querySelector('#seg-map img') && !document.querySelector('#seg-overlay img')"
+                           " && !document.querySelector('#seg-conf img')")
+    assert "share" not in page.locator("#seg-legend").inner_text()
+    assert page.locator("#seg-note").inner_text().strip() == ""
+    assert page.locator("#seg-map, #seg-overlay, #seg-conf").get_by_text("Error").count() == 0
+
+
+def test_mask_uploads_get_immediate_feedback(page, tmp_path):
+    """Item 6: a plain label-id PNG (looks black) is previewed in colour under the input with a note; a photo in
+    the mask slot gets its message at once, before Synthesize is pressed."""
+    _tab(page, "Synthesize", "Upload a mask")
+    ids = tmp_path / "camvid_ids.png"
+    Image.fromarray(np.asarray(Image.open(EXAMPLES / "street_1.png")).astype(np.uint8), mode="L").save(ids)
+    page.locator("#syn-input input[type=file]").set_input_files(str(ids))
+    page.wait_for_function("() => { const e = document.querySelector('#syn-preview img'); return e && e.complete"
+                           " && e.naturalWidth > 0; }")
+    assert "label-id" in page.locator("#syn-note").inner_text()
+    preview = np.asarray(_fetch_image(page, "#syn-preview img").convert("RGB")).reshape(-1, 3)
+    assert {tuple(c) for c in np.unique(preview, axis=0)} <= {tuple(c) for c in CAMVID_COLORS}
+    assert preview.mean() > 40
+    note = page.locator("#syn-note").bounding_box()
+    inp = page.locator("#syn-input").bounding_box()
+    assert 0 <= note["y"] - (inp["y"] + inp["height"]) < 80, "the note is not right under the mask input"
+    photo = tmp_path / "photo.png"
+    Image.open(EXAMPLES / "photo_0.png").save(photo)
+    page.locator("#syn-input input[type=file]").set_input_files(str(photo))
+    page.get_by_text("looks like a photo").first.wait_for()
+    assert page.locator("#syn-preview img").count() == 0
+    _shot(page, "synthesize_mask_feedback")
+
+
+_OUTSIDE_JS = """(sel) => {
+  // Elements matching sel that a user cannot see or reach: outside the page's width, or cut by an ancestor that
+  // clips without a visible way to scroll (overflow hidden/clip), or inside a scroll box too small to show them.
+  const W = document.documentElement.clientWidth, bad = [];
+  for (const e of document.querySelectorAll(sel)) {
+    const r = e.getBoundingClientRect();
+    if (r.width < 2 || r.height < 2) { bad.push(['empty', e.outerHTML.slice(0, 80)]); continue; }
+    if (r.left < -1 || r.right > W + 1) { bad.push(['off-page', Math.round(r.left), Math.round(r.right), W]); continue; }
+    for (let a = e.parentElement; a && a !== document.body; a = a.parentElement) {
+      const s = getComputedStyle(a), ar = a.getBoundingClientRect();
+      const clips = ['hidden', 'clip'].includes(s.overflowX) || ['hidden', 'clip'].includes(s.overflowY);
+      if (clips && (r.left < ar.left - 1 || r.right > ar.right + 1 || r.top < ar.top - 1 || r.bottom > ar.bottom + 1)) {
+        bad.push(['clipped', a.className.toString().slice(0, 40)]); break; }
+    }
+  }
+  return bad;
+}"""
+
+
+@pytest.mark.parametrize("width, height", [(390, 844), (1280, 900)])
+def test_every_frame_sample_and_palette_entry_is_reachable(browser, app_url, width, height):  # noqa: F811
+    """Items 3 and 5 at a phone's and a desktop's width: all Flow frames, all 8 samples and the whole brush palette
+    inside the page (no clipping, no inner scroll box), captions under the pictures, canvas labels whole, and the
+    results scrolled into view after pressing a run button. Screenshots of every tab before and after a run."""
+    pg = browser.new_page(viewport={"width": width, "height": height})
+    pg.set_default_timeout(TIMEOUT_MS)
+    tag = f"w{width}"
+    try:
+        pg.goto(app_url, wait_until="domcontentloaded")
+        pg.wait_for_selector("#seg-run")
+        for name, tabs in (("segment", ["Segment"]), ("synthesize", ["Synthesize", "Upload a mask"]),
+                           ("paint", ["Synthesize", "Paint a mask"]), ("edit", ["Edit"]), ("flow", ["Flow"])):
+            _tab(pg, *tabs)
+            pg.wait_for_timeout(300)
+            _shot(pg, f"{tag}_{name}_before")
+        # Flow: 8 steps -> 9 frames per direction
+        _tab(pg, "Flow")
+        pg.locator("#flow-examples button.gallery-item").first.click()
+        pg.wait_for_selector("#flow-input img")
+        steps = pg.locator("#flow-steps input[type=number]")
+        steps.fill("8")
+        steps.press("Enter")
+        pg.click("#flow-run")
+        pg.wait_for_function("document.querySelectorAll('#flow-forward img').length == 9"
+                             " && document.querySelectorAll('#flow-backward img').length == 9")
+        pg.wait_for_function("[...document.querySelectorAll('#flow-forward img, #flow-backward img')]"
+                             ".every(i => i.complete && i.naturalWidth)")
+        assert pg.evaluate(_OUTSIDE_JS, "#flow-forward img, #flow-backward img") == []
+        _assert_captions_below(pg, "#flow-forward")
+        _shot(pg, f"{tag}_flow_after")
+        # Synthesize: 8 samples, results scrolled into view
+        _tab(pg, "Synthesize", "Upload a mask")
+        pg.locator("#syn-examples button.gallery-item").first.click()
+        pg.wait_for_selector("#syn-input img")
+        for sel, value in (("#syn-steps", "1"), ("#syn-n", "8")):
+            box = pg.locator(f"{sel} input[type=number]")
+            box.fill(value)
+            box.press("Enter")
+        pg.locator("#syn-run").scroll_into_view_if_needed()
+        pg.click("#syn-run")
+        pg.wait_for_function("document.querySelectorAll('#syn-gallery img').length == 8")
+        pg.wait_for_function("[...document.querySelectorAll('#syn-gallery img')].every(i => i.complete && i.naturalWidth)")
+        pg.wait_for_timeout(500)
+        g = pg.locator("#syn-gallery").bounding_box()
+        assert g["y"] < height and g["y"] + g["height"] > 0, "the samples are not scrolled into view"
+        assert pg.evaluate(_OUTSIDE_JS, "#syn-gallery img") == []
+        cut = pg.evaluate("""() => [...document.querySelectorAll('#syn-gallery *')].filter(e => e.scrollHeight >
+            e.clientHeight + 2 && ['auto', 'scroll'].includes(getComputedStyle(e).overflowY)).length""")
+        assert cut == 0, "the samples scroll inside an inner box"
+        _assert_captions_below(pg, "#syn-gallery")
+        _shot(pg, f"{tag}_synthesize_after")
+        # Segment: results scrolled into view
+        _tab(pg, "Segment")
+        pg.locator("#seg-examples button.gallery-item").first.click()
+        pg.wait_for_selector("#seg-input img")
+        pg.locator("#seg-run").scroll_into_view_if_needed()
+        pg.click("#seg-run")
+        pg.wait_for_selector("#seg-map img")
+        pg.wait_for_timeout(500)
+        m = pg.locator("#seg-map").bounding_box()
+        assert m["y"] < height and m["y"] + m["height"] > 0, "the label map is not scrolled into view"
+        _shot(pg, f"{tag}_segment_after")
+        # Paint: the whole palette with its class names, and the canvas label
+        _tab(pg, "Synthesize", "Paint a mask")
+        pg.locator("#syn-canvas button[aria-label=Brush]").click()
+        pg.locator("#syn-canvas button[aria-label=Color]").click()
+        pg.wait_for_selector("#syn-canvas menu.swatch")
+        assert pg.evaluate(_OUTSIDE_JS, "#syn-canvas menu.swatch, #syn-canvas menu.swatch button.color") == []
+        menu = pg.locator("#syn-canvas menu.swatch").bounding_box()
+        assert menu["x"] >= 0 and menu["x"] + menu["width"] <= width, menu
+        label = pg.evaluate("""() => { const l = document.querySelector('#syn-canvas label');
+            return l ? [l.scrollWidth, l.clientWidth] : [0, 0]; }""")
+        assert label[0] <= label[1] + 1, f"the canvas label is cut: {label}"
+        _shot(pg, f"{tag}_paint_palette")
+        pg.mouse.click(2, 2)
+        _tab(pg, "Edit")
+        pg.locator("#edit-examples button.gallery-item").first.click()
+        pg.wait_for_selector("#edit-input img")
+        pg.click("#edit-predict")
+        pg.wait_for_selector("#edit-photo img")
+        _shot(pg, f"{tag}_edit_after")
+        _tab(pg, "Synthesize", "Paint a mask")
+        _shot(pg, f"{tag}_paint_after")
+    finally:
+        pg.close()
+
+
+def _assert_captions_below(pg, gallery: str) -> None:
+    """No caption covers its picture (they used to sit over the bottom-right corner)."""
+    overlaps = pg.evaluate(f"""() => [...document.querySelectorAll('{gallery} .thumbnail-item')].filter(t => {{
+        const i = t.querySelector('img'), c = t.querySelector('.caption-label');
+        if (!i || !c) return false;
+        const a = i.getBoundingClientRect(), b = c.getBoundingClientRect();
+        return b.top < a.bottom - 1 && b.bottom > a.top + 1 && b.left < a.right - 1 && b.right > a.left + 1; }}).length""")
+    assert overlaps == 0, f"{overlaps} captions cover their pictures in {gallery}"

@@ -157,27 +157,38 @@ def test_drawn_examples_are_street_layouts():
 
 
 def test_examples_are_made_by_the_project(tmp_path, tiny_model_dir):  # noqa: F811
-    """`python -m space.examples` draws the committed masks exactly, and makes photos with any SemFlow model."""
-    from space.examples import main
+    """`python -m space.examples` draws the committed masks exactly (from the seeds in examples.json), ranks
+    candidate photos of any SemFlow model by round-trip agreement, and writes the same files (issue 17 item 2)."""
+    import json
 
-    committed = ROOT / "space" / "examples"
-    main(["--masks-only", "--out", str(tmp_path / "masks")])
-    for p in sorted(committed.glob("street_*.png")):
-        a, b = Image.open(p), Image.open(tmp_path / "masks" / p.name)
-        assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b)), p.name
-        if a.mode == "P":
-            assert a.getpalette()[:36] == b.getpalette()[:36]
-    assert len(list(committed.glob("photo_*.png"))) == 4  # Segment, Edit and Flow have examples
-    main(["--model", tiny_model_dir, "--out", str(tmp_path / "tiny")])
-    made = sorted(q.name for q in (tmp_path / "tiny").glob("*.png"))
-    assert made == sorted(q.name for q in committed.glob("*.png"))
-    from space.examples import PHOTO_LAYOUTS
+    from space.examples import CAMVID_COLORS as COLORS
+    from space.examples import MANIFEST, main
     from space.model import SpaceModel
 
-    m = SpaceModel(tiny_model_dir)  # the photos are that model's synthesis of the layouts, with its defaults
-    again = m.synthesize(draw_street(SEEDS[PHOTO_LAYOUTS[1]]).astype(np.int64), m.synthesis_steps,
-                         m.synthesis_perturbation, 1, seed=1)[0]
-    assert np.array_equal(np.asarray(again), np.asarray(Image.open(tmp_path / "tiny" / "photo_1.png")))
+    committed = ROOT / "space" / "examples"
+    full = np.asarray(COLORS, np.uint8)
+    if (committed / MANIFEST).is_file():  # examples made by ranking round-trips: their seeds are in the manifest
+        shipped_seeds = {ex["mask"]: ex["layout_seed"] for ex in json.loads((committed / MANIFEST).read_text())["examples"]}
+    else:  # examples made before the ranking (issue 17 item 2): the fixed SEEDS
+        from space.examples import COLOR_LAYOUTS, ID_LAYOUTS
+
+        shipped_seeds = {**{f"street_{i}.png": SEEDS[i] for i in ID_LAYOUTS},
+                         **{f"street_{i}_color.png": SEEDS[i] for i in COLOR_LAYOUTS}}
+    for name, seed in shipped_seeds.items():
+        shipped = Image.open(committed / name)
+        assert np.array_equal(np.asarray(shipped.convert("RGB")), full[draw_street(seed)]), name
+    assert len(list(committed.glob("photo_*.png"))) == 4  # Segment, Edit and Flow have examples
+    main(["--model", tiny_model_dir, "--out", str(tmp_path / "tiny"), "--candidates", "8", "--seeds-per-layout", "1"])
+    made = sorted(q.name for q in (tmp_path / "tiny").glob("*"))
+    assert made == sorted([q.name for q in committed.glob("*.png")] + [MANIFEST])
+    tiny = json.loads((tmp_path / "tiny" / MANIFEST).read_text())
+    agreements = [r["agreement"] for r in tiny["candidates"]]
+    assert len(agreements) == 8 and agreements == sorted(agreements, reverse=True)  # best round-trips first
+    m = SpaceModel(tiny_model_dir)  # each photo is that model's synthesis of its layout, with its defaults
+    ex = tiny["examples"][1]
+    again = m.synthesize(draw_street(ex["layout_seed"]).astype(np.int64), m.synthesis_steps,
+                         m.synthesis_perturbation, 1, seed=ex["synthesis_seed"])[ex["sample"]]
+    assert np.array_equal(np.asarray(again), np.asarray(Image.open(tmp_path / "tiny" / ex["photo"])))
 
 
 def test_examples_are_not_dataset_files():

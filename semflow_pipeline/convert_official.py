@@ -177,7 +177,7 @@ def convert_official(
     state = load_official_state_dict(resolve_checkpoint(checkpoint, **hub_kwargs))
     unet = build_unet(stable_diffusion, state, dtype, **hub_kwargs)
     del state
-    vae = AutoencoderKL.from_pretrained(stable_diffusion, subfolder="vae", torch_dtype=dtype, **hub_kwargs).eval()
+    vae = AutoencoderKL.from_pretrained(stable_diffusion, subfolder="vae", dtype=dtype, **hub_kwargs).eval()
     if prompt_embedding is None:
         embeds = empty_prompt_embedding(stable_diffusion, **hub_kwargs)
         source = f"{stable_diffusion} (text_encoder/, tokenizer/)"
@@ -276,7 +276,7 @@ import torch
 from PIL import Image
 from semflow_pipeline import SemFlowPipeline   # pip install semflow-pipeline (this project)
 
-pipe = SemFlowPipeline.from_pretrained("{name}", torch_dtype=torch.float16).to("cuda")
+pipe = SemFlowPipeline.from_pretrained("{name}", dtype=torch.float16).to("cuda")
 labels = pipe.segment(Image.open("face.jpg")).labels[0]               # (H, W) class ids, 25 steps
 pipe.visualize_labels(labels)[0].save("face_labels.png")
 photo = pipe.synthesize(labels, generator=torch.Generator("cuda").manual_seed(0)).images[0]

@@ -989,7 +989,7 @@ def _load_package_component(folder: str, component: str, class_name: str, kwargs
         if isinstance(dtype, dict):
             dtype = dtype.get(component, dtype.get("default"))
         if dtype is not None:
-            load["torch_dtype"] = dtype
+            load["dtype"] = dtype
     return model_class.from_pretrained(os.path.join(folder, component), **load)
 
 

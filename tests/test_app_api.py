@@ -213,7 +213,7 @@ def test_empty_canvas_is_an_error(client, tmp_path):
 
 
 def test_edit_predict_then_synthesize(client, tmp_path):
-    editor, photo = client.predict(handle_file(_photo(tmp_path / "p.png", (80, 60))), 1, api_name="/edit_predict")
+    editor, photo, note = client.predict(handle_file(_photo(tmp_path / "p.png", (80, 60))), 1, api_name="/edit_predict")  # note: the inline warning
     assert Image.open(editor["background"]).size == (80, 60)
     # The canvas is PNG, so the predicted mask's colours round-trip exactly.
     assert Image.open(editor["background"]).format == "PNG"

@@ -191,7 +191,7 @@ def _ood_pictures(tmp: Path) -> list[tuple[str, str]]:
         "gradient": Image.fromarray(np.broadcast_to(np.linspace(0, 255, 480, dtype=np.uint8)[None, :, None],
                                                     (360, 480, 3)).copy()),
     }
-    from .examples import draw_street
+    from .layouts import draw_street
 
     ids = draw_street(7)
     cartoon = np.array([[255, 230, 0], [255, 60, 60], [0, 0, 0], [40, 200, 255], [250, 250, 250], [0, 180, 0],

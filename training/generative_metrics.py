@@ -121,6 +121,7 @@ class Lite0Features:
         from training.pretrained import lite0_weights_path
 
         self.net = EfficientNet.from_pretrained("efficientnet-lite0", weights_path=lite0_weights_path()).eval()
+        self.size = (224, 288)
 
     @torch.no_grad()
     def __call__(self, images: np.ndarray, batch_size: int = 8) -> np.ndarray:
@@ -130,6 +131,9 @@ class Lite0Features:
         out = []
         for i in range(0, len(arr), batch_size):
             x = torch.from_numpy(arr[i:i + batch_size]).permute(0, 3, 1, 2) * 2 - 1  # Lite's input scale
+            # A fixed size (about CamVid's 3:4), as FID resizes for Inception: the reference network pads for
+            # sizes divisible by 32 and fails on small images.
+            x = F.interpolate(x, size=self.size, mode="bilinear", align_corners=False, antialias=True)
             out.append(self.net.extract_features(x).mean(dim=(2, 3)).numpy())
         return np.concatenate(out)
 
@@ -195,6 +199,7 @@ def patch_c2st(real: Sequence[np.ndarray], other: Sequence[np.ndarray], patch: i
 
 
 def _patch_c2st(real, other, patch, per_image, iters, batch_size, seed) -> float:
+    patch = min([patch] + [min(im.shape[:2]) for im in list(real) + list(other)])  # small images: smaller patches
     rng = np.random.default_rng(seed)
     n = min(len(real), len(other))
     order = rng.permutation(n)

@@ -743,10 +743,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         syn_in.change(clear(None, None, None, ""), None, [syn_gallery, syn_mask, syn_preview, syn_note], **quick).then(
             preview_mask, [syn_in], [syn_preview, syn_note], api_visibility="private", preprocess=False,
             concurrency_id="preview", concurrency_limit=concurrency_limit, show_progress="minimal")
-        canvas.change(clear(None, None), None, [syn_gallery, syn_mask], **quick)
         edit_in.change(clear(None, None, None, None, ""), None, [edit_canvas, edit_photo, edit_gallery, edit_mask,
                                                                   edit_note], **quick)
-        edit_canvas.change(clear(None, None), None, [edit_gallery, edit_mask], **quick)
         flow_in.change(clear(None, None), None, [flow_fwd, flow_bwd], **quick)
         syn_btn.click(clear(None), None, [syn_gallery], **start).then(
             synthesize, [syn_in, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],

@@ -117,9 +117,7 @@ def test_console_share_hint_names_the_apps_option(tiny_model_dir, monkeypatch, c
 @pytest.mark.parametrize("source, results", [
     ("seg-input", ["seg-map", "seg-overlay", "seg-conf", "seg-legend", "seg-note"]),
     ("syn-input", ["syn-gallery", "syn-mask"]),
-    ("syn-canvas", ["syn-gallery", "syn-mask"]),
     ("edit-input", ["edit-canvas", "edit-photo", "edit-gallery", "edit-mask", "edit-note"]),
-    ("edit-canvas", ["edit-gallery", "edit-mask"]),
     ("flow-input", ["flow-forward", "flow-backward"]),
 ])
 def test_a_new_input_clears_the_results_of_the_old_one(config, source, results):

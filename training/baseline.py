@@ -120,7 +120,14 @@ class BaselineSegmenter:
             path = snapshot_download(path)
         with open(os.path.join(path, CONFIG_NAME)) as f:
             cfg = json.load(f)
-        unet = UNet2DModel.from_pretrained(os.path.join(path, "unet")).to(device)
+        unet_dir = os.path.join(path, "unet")
+        with open(os.path.join(unet_dir, "config.json")) as f:
+            class_name = json.load(f).get("_class_name")
+        if class_name == "SemFlowUNet2DModel":  # the baseline with the pretrained trunk (image_encoder in its config)
+            from semflow_pipeline.unet_semflow import SemFlowUNet2DModel as model_cls
+        else:
+            model_cls = UNet2DModel
+        unet = model_cls.from_pretrained(unet_dir).to(device)
         return cls(unet, cfg["class_names"], cfg.get("ignore_index"), cfg["processing_resolution"],
                    cfg.get("space_to_depth", 1), cfg.get("label_colors"), cfg.get("objective", "ce"))
 

@@ -235,8 +235,11 @@ def build_pipeline(cfg: Dict[str, Any], info: Dict[str, Any]):
                            default_processing_resolution=max(h, w))
 
 
-def build_encoder_unet(cfg: Dict[str, Any], state_channels: int, mult: int, s: int):
-    """``SemFlowUNet2DModel`` with the pretrained EfficientNet-Lite0 trunk (the UNet part laid out as build_unet's)."""
+def build_encoder_unet(cfg: Dict[str, Any], state_channels: int, mult: int, s: int, out_channels: Optional[int] = None):
+    """``SemFlowUNet2DModel`` with the pretrained EfficientNet-Lite0 trunk (the UNet part laid out as build_unet's).
+
+    ``out_channels`` (folded) defaults to the ODE's ``mult * state_channels * s^2``; the CE baseline passes ``K * s^2``.
+    """
     from semflow_pipeline.unet_semflow import SemFlowUNet2DModel
 
     if cfg["image_encoder"] != "efficientnet-lite0":
@@ -247,7 +250,8 @@ def build_encoder_unet(cfg: Dict[str, Any], state_channels: int, mult: int, s: i
     ref = build_unet(1, 1, (h // s, w // s), cfg["block_out_channels"], cfg["layers_per_block"],
                      cfg["attention_levels"], cfg["norm_num_groups"])  # only its block layout is used
     model = SemFlowUNet2DModel(
-        sample_size=(h // s, w // s), in_channels=state_channels * s * s, out_channels=mult * state_channels * s * s,
+        sample_size=(h // s, w // s), in_channels=state_channels * s * s,
+        out_channels=out_channels or mult * state_channels * s * s,
         block_out_channels=tuple(cfg["block_out_channels"]), layers_per_block=cfg["layers_per_block"],
         down_block_types=tuple(ref.config.down_block_types), up_block_types=tuple(ref.config.up_block_types),
         norm_num_groups=cfg["norm_num_groups"], attention_head_dim=ref.config.attention_head_dim,
@@ -875,8 +879,11 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
     elif cfg["objective"] in ("ce", "mse"):
         s = int(cfg["space_to_depth"])
         h, w = cfg["resolution"]
-        model = build_unet(3 * s * s, k * s * s, (h // s, w // s), cfg["block_out_channels"],
-                           cfg["layers_per_block"], cfg["attention_levels"], cfg["norm_num_groups"])
+        if cfg["image_encoder"]:  # the fair baseline for a model with the pretrained trunk: the same trunk, CE only
+            model = build_encoder_unet(cfg, 3, 1, s, out_channels=k * s * s)
+        else:
+            model = build_unet(3 * s * s, k * s * s, (h // s, w // s), cfg["block_out_channels"],
+                               cfg["layers_per_block"], cfg["attention_levels"], cfg["norm_num_groups"])
     else:
         raise ValueError(f"objective must be semflow, ce or mse, got {cfg['objective']!r}")
     n_params = sum(p.numel() for p in model.parameters())

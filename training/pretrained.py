@@ -77,13 +77,21 @@ class PerceptualLoss(nn.Module):
     def train(self, mode: bool = True):  # always frozen
         return super().train(False)
 
-    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            ft = self.net(target)
-        fp = self.net(pred)
+    def features(self, x: torch.Tensor) -> list:
+        """``(N, 3, H, W)`` in [-1, 1] -> the trunk's feature maps (strides 4, 8, 16); gradients flow to ``x``."""
+        return self.net(x)
+
+    @staticmethod
+    def distance(fp: list, ft: list) -> torch.Tensor:
+        """Feature lists of prediction and target -> ``(N,)``."""
         total = 0
         for a, b in zip(fp, ft):
             a = F.normalize(a.float(), dim=1, eps=1e-6)
             b = F.normalize(b.float(), dim=1, eps=1e-6)
             total = total + ((a - b) ** 2).sum(1).mean((1, 2))
         return total / len(fp)
+
+    def forward(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            ft = self.net(target)
+        return self.distance(self.net(pred), ft)

@@ -38,6 +38,7 @@ for p in (ROOT, HERE):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from training.adversarial import FeatureDiscriminator, discriminator_loss, generator_loss  # noqa: E402
 from training.baseline import BaselineSegmenter, build_unet, forward_logits  # noqa: E402
 from training.data import CAMVID_COLORS, AugmentConfig, build_dataset  # noqa: E402
 
@@ -59,6 +60,8 @@ DEFAULTS: Dict[str, Any] = {
     "mask_ce_weight": 0.0, "mask_ce_scale": 4.0,
     "mask_ce_class_balance": 0.0,  # CE class weights (median share / share) ** this (0 = unweighted)
     "perceptual_weight": 0.0,  # frozen-Lite0 feature distance between the predicted image end and the photo
+    # hinge GAN term on the predicted image end (training/adversarial.py), for samples with t >= adversarial_t_min
+    "adversarial_weight": 0.0, "adversarial_t_min": 0.05, "discriminator_lr": 2e-4, "discriminator_width": 64,
     # optimisation
     "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
     "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "auto", "seed": 0,
@@ -276,10 +279,14 @@ def class_weights(dataset, num_classes: int, ignore_index: Optional[int], power:
 
 
 # ------------------------------------------------------------------------------------------------- loss
-def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_weight=None) -> torch.Tensor:
+def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_weight=None, disc=None,
+                 critic_inputs=None) -> torch.Tensor:
     """``model``: the accelerate-prepared UNet (DDP/autocast), run through ``pipe.predict(..., unet=model)``.
 
-    MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W)."""
+    MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W).
+    With ``disc`` (and ``perceptual``, whose frozen features it reads) the generator's hinge term is added for
+    samples with ``t >= adversarial_t_min``; ``critic_inputs`` (a dict) then receives what the critic's own step
+    needs: the detached predicted image ends of those samples, their photos and labels."""
     images, labels = batch["image"], batch["label"]
     image_end, mask_end = pipe.prepare_endpoints(images, labels, perturbation=float(cfg["perturbation"]),
                                                  generator=generator, noise_prob=float(cfg["coupling_noise_prob"]))
@@ -306,13 +313,42 @@ def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_we
             logits = pred[:, :c][:, pipe.codec.class_channels] * float(cfg["mask_ce_scale"])
             ce = F.cross_entropy(logits.float(), labels, weight=ce_weight, ignore_index=ignore)
             loss = loss + float(cfg["mask_ce_weight"]) * ce
-        if perceptual is not None and float(cfg["perceptual_weight"]) > 0:
+        if perceptual is not None and (float(cfg["perceptual_weight"]) > 0 or disc is not None):
             # The predicted image end against the photo in pretrained feature space: MSE alone learns the blurred
             # conditional mean, whose residue stays in the samples as grain (2-RF++ replaces MSE by LPIPS).
-            image_hat = pipe.codec.image_from_state(pred[:, c:])
-            loss = loss + float(cfg["perceptual_weight"]) * perceptual(image_hat.float(), images.float()).mean()
+            image_hat = pipe.codec.image_from_state(pred[:, c:]).float()
+            fp = perceptual.features(image_hat)
+            with torch.no_grad():
+                ft = perceptual.features(images.float())
+            loss = loss + float(cfg["perceptual_weight"]) * perceptual.distance(fp, ft).mean()
+            sel = t >= float(cfg["adversarial_t_min"])  # near t=0 the image end is the input itself: nothing to judge
+            if disc is not None and bool(sel.any()):
+                fake = disc([f[sel] for f in fp], labels[sel])
+                loss = loss + float(cfg["adversarial_weight"]) * generator_loss(fake)
+                if critic_inputs is not None:
+                    critic_inputs.update(fake=image_hat[sel].detach(), real=images[sel].float(), labels=labels[sel])
         return loss
     return err.mean()
+
+
+def critic_step(disc, d_optimizer, perceptual, critic_inputs: Dict[str, torch.Tensor], accelerator) -> None:
+    """One hinge step of the discriminator on this batch's real photos and (detached) predicted image ends.
+
+    Every process takes the step (an empty selection contributes a zero loss), so DDP's gradient sync stays in
+    lockstep."""
+    d_optimizer.zero_grad(set_to_none=True)  # drop the grads the generator's term left in the critic
+    with accelerator.autocast():
+        if critic_inputs:
+            with torch.no_grad():
+                fr = perceptual.features(critic_inputs["real"])
+                ff = perceptual.features(critic_inputs["fake"])
+            labels = critic_inputs["labels"]
+            d_loss = discriminator_loss(disc(fr, labels), disc(ff, labels))
+        else:
+            d_loss = sum(p.sum() for p in disc.parameters()) * 0.0
+    accelerator.backward(d_loss)
+    d_optimizer.step()
+    d_optimizer.zero_grad(set_to_none=True)
 
 
 def ce_loss(model, batch, cfg, ignore_index) -> torch.Tensor:
@@ -896,9 +932,16 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         groups.append({"params": trunk, "lr": lr * float(cfg["encoder_lr_scale"])})
     optimizer = torch.optim.AdamW(groups, lr=lr, weight_decay=float(cfg["weight_decay"]))
     perceptual = ce_weight = None
-    if pipe is not None and float(cfg["perceptual_weight"]) > 0:
+    disc = d_optimizer = None
+    if pipe is not None and (float(cfg["perceptual_weight"]) > 0 or float(cfg["adversarial_weight"]) > 0):
         from training.pretrained import PerceptualLoss
         perceptual = PerceptualLoss().to(accelerator.device)
+    if pipe is not None and float(cfg["adversarial_weight"]) > 0:
+        if pipe.vae is not None:
+            raise SystemExit("adversarial_weight needs pixel mode (the critic reads the predicted photo)")
+        disc = FeatureDiscriminator(perceptual.net.out_channels, k, int(cfg["discriminator_width"]))
+        # The usual GAN optimiser settings (beta1 = 0): the critic must follow a moving generator.
+        d_optimizer = torch.optim.Adam(disc.parameters(), lr=float(cfg["discriminator_lr"]), betas=(0.0, 0.99))
     if pipe is not None:
         ce_weight = class_weights(train_ds, k, ignore, float(cfg["mask_ce_class_balance"]))
         if ce_weight is not None:
@@ -914,6 +957,8 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         # No dataloader goes through `prepare`, so DeepSpeed cannot infer the micro batch size: give it ours.
         ds_plugin.deepspeed_config["train_micro_batch_size_per_gpu"] = int(cfg["batch_size"])
     model, optimizer = accelerator.prepare(model, optimizer)
+    if disc is not None:  # prepared, so checkpoints save and resume the critic and its optimiser too
+        disc, d_optimizer = accelerator.prepare(disc, d_optimizer)
     # The LR schedule is stepped once per optimisation step by us (a prepared one steps num_processes times).
     accelerator.register_for_checkpointing(lr_sched)
     if ema is not None:
@@ -999,9 +1044,10 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         # Per-step generator state, so a resumed run draws the same t / perturbations as an uninterrupted one.
         gen.manual_seed((int(cfg["seed"]) * 1000 + accelerator.process_index) * 1_000_003 + step)
         batch = {k_: v.to(accelerator.device) for k_, v in batches(step).items()}
+        critic_inputs = {}
         with accelerator.autocast():
             if pipe is not None:
-                loss = semflow_loss(pipe, batch, cfg, gen, model, perceptual, ce_weight)
+                loss = semflow_loss(pipe, batch, cfg, gen, model, perceptual, ce_weight, disc, critic_inputs)
             else:
                 loss = ce_loss(model, batch, cfg, ignore)
         accelerator.backward(loss)
@@ -1010,6 +1056,8 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         optimizer.step()
         lr_sched.step()
         optimizer.zero_grad(set_to_none=True)
+        if disc is not None:
+            critic_step(disc, d_optimizer, perceptual, critic_inputs, accelerator)
         if ema is not None:
             ema.step(plain.parameters())
         done = step + 1

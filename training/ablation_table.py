@@ -2,8 +2,11 @@
 """Markdown summary of finished runs: val mIoU per step count, synthesis metrics, wall time.
 
     python training/ablation_table.py runs/abl_ce runs/abl_ep_simplex_ends ...
+    python training/ablation_table.py --generative runs/abl_full runs/abl_no_trunk ...   # issue 15's columns
 
-Reads each run's config.yaml, result.json, eval.json and (if present) eval_synth.json.
+Reads each run's config.yaml, result.json, eval.json and (if present) eval_synth.json. ``--generative`` gives
+1-step segmentation (all val images, from eval.json) with the rare classes, and the synthesis metrics of
+eval_synth.json's first row (layout fidelity, sharpness, blurred two-seed |Δ|, KID on Lite0 features, patch C2ST).
 """
 
 import json
@@ -51,5 +54,32 @@ def main(runs):
     print("\n".join(lines))
 
 
+RARE = ("pole", "sign_symbol", "pedestrian", "bicyclist")
+
+
+def generative_table(runs):
+    lines = ["| run | steps | wall time | seg mIoU, 1 step | pole / sign / pedestrian / bicyclist IoU | synthesis steps "
+             "| layout fidelity | sharpness ratio | blurred two-seed abs diff | KID (Lite0) | patch C2ST |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        res = json.load(open(os.path.join(r, "result.json")))
+        ev = json.load(open(os.path.join(r, "eval.json")))
+        seg = ev["segmentation"][0]
+        names = ev["class_names"]
+        rare = " / ".join(f"{seg['iou'][names.index(n)]:.2f}" for n in RARE if n in names)
+        syn = ["-"] * 6
+        sp = os.path.join(r, "eval_synth.json")
+        if os.path.isfile(sp):
+            x = json.load(open(sp))["synthesis"][0]
+            syn = [str(x["steps"]), f"{x['ratio']:.2f}", f"{x['sharpness_ratio']:.2f}", f"{x['diversity_blur4']:.3f}",
+                   f"{x['kid_lite0']:.3f}", f"{x['c2st']:.3f}"]
+        lines.append(f"| {os.path.basename(r.rstrip('/'))} | {res['steps']} | {res['wall_time_s'] / 60:.1f} min | "
+                     f"{seg['miou']:.3f} | {rare} | " + " | ".join(syn) + " |")
+    print("\n".join(lines))
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    if sys.argv[1:2] == ["--generative"]:
+        generative_table(sys.argv[2:])
+    else:
+        main(sys.argv[1:])

@@ -4,7 +4,7 @@
     python benchmarks/sample_grid.py --models v3=checkpoints/semflow-camvid-v3 v4=checkpoints/semflow-camvid \
         --data-root ../shared/datasets/camvid --indices 0 20 40 60 80 -o outputs/grid_val.png
     python benchmarks/sample_grid.py --models v3=checkpoints/semflow-camvid-v3 v4=checkpoints/semflow-camvid \
-        --drawn -o benchmarks/results/grid_drawn.png        # the app's drawn layouts: no dataset pixels
+        --drawn -o benchmarks/results/grid_drawn.jpg        # the app's drawn layouts: no dataset pixels
 
 Rows are label maps; columns: the mask in display colours, the real photo (dataset rows only), then
 ``--seeds`` samples per model at its default synthesis steps (or ``--steps``). CamVid photos must not be

@@ -126,7 +126,7 @@ def evaluate_model(path: str, ds, steps: Sequence[int] = (1,), batch_size: int =
 
 def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequence[float], num_seeds: int = 2,
                       steps: Sequence[int] = (1,), real_miou: Optional[float] = None, seed: int = 0,
-                      std_seeds: int = 4, std_images: int = 16) -> List[Dict]:
+                      std_seeds: int = 4, std_images: int = 16, calibrate: bool = True) -> List[Dict]:
     """Synthesis judged as a generative model, per (step count, β), on images made from every label map.
 
     For each label map ``num_seeds`` images are synthesized (``std_seeds`` for the first ``std_images`` maps):
@@ -143,7 +143,8 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
     - ``diversity_blur4``: two-sample mean |Δ| after a Gaussian blur of radius 4 (diversity that is not grain);
     - ``c2st``: held-out accuracy of a patch classifier telling each real frame from a sample of its own mask
       (0.5 = indistinguishable); ``c2st_calibration`` gives the same test for the next real frame, a blur of
-      radius 1 and a 2x down-and-up copy of each frame (computed once per call).
+      radius 1 and a 2x down-and-up copy of each frame (computed once per call; ``calibrate=False`` skips it,
+      e.g. for ablation rows on the same images, as it costs three more classifier fits).
     """
     from training.generative_metrics import (Lite0Features, SegmenterFeatures, blurred_abs_diff,
                                              degraded_references, frechet_distance, kernel_inception_distance,
@@ -159,8 +160,9 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
     real_lap = np.concatenate([laplacian_variance(im[None].astype(np.float32) / 255.0) for im in real])
     lite0 = Lite0Features()
     real_lite0 = np.concatenate([lite0(np.stack([im])) for im in real])
-    calibration = {name: patch_c2st(real, other) for name, other in degraded_references(real).items()}
-    print("patch C2ST calibration: " + ", ".join(f"{k} {v:.3f}" for k, v in calibration.items()), flush=True)
+    calibration = {name: patch_c2st(real, other) for name, other in degraded_references(real).items()} if calibrate else {}
+    if calibration:
+        print("patch C2ST calibration: " + ", ".join(f"{k} {v:.3f}" for k, v in calibration.items()), flush=True)
     out = []
     for s in steps:
         for beta in perturbations:
@@ -252,6 +254,8 @@ def main(argv=None):
     ap.add_argument("--num-seeds", type=int, default=2, help="samples per label map for fidelity, |Δ|, sharpness, FD")
     ap.add_argument("--std-seeds", type=int, default=4, help="samples per map for the per-pixel std")
     ap.add_argument("--std-images", type=int, default=16, help="label maps that get --std-seeds samples")
+    ap.add_argument("--no-calibration", action="store_true",
+                    help="skip the patch C2ST's reference rows (next frame, blur, 2x down-up): three classifier fits")
     ap.add_argument("--json", default=None, help="write all numbers here")
     args = ap.parse_args(argv)
 
@@ -276,7 +280,7 @@ def main(argv=None):
         with torch.inference_mode():
             res["synthesis"] = synthesis_metrics(pipe, base, ds, args.perturbations, args.num_seeds,
                                                  args.synthesis_steps, std_seeds=args.std_seeds,
-                                                 std_images=args.std_images)
+                                                 std_images=args.std_images, calibrate=not args.no_calibration)
     print(format_results(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -56,7 +57,14 @@ def main(argv=None) -> None:
         print(f"* Running on public URL: {demo.share_url} (temporary, up to a week)", flush=True)
     elif not os.environ.get("SPACE_ID"):
         print("* To create a public link, start the app with `python app.py --share`.", flush=True)
+    # A stop signal (a Space or container shutting down) closes the server as Ctrl-C does, so gradio and the app
+    # remove their files (uploads, outputs, pasted images) on the way out.
+    signal.signal(signal.SIGTERM, _interrupt)
     demo.block_thread()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":

@@ -20,3 +20,10 @@ CANVAS_SIZE = (480, 360)  # CamVid's frame (W, H)
 # image of MAX_UPLOAD_BYTES, an upload two files of it.
 MAX_JSON_BODY_BYTES = MAX_UPLOAD_BYTES * 4 // 3 + 2**20
 MAX_UPLOAD_BODY_BYTES = 2 * MAX_UPLOAD_BYTES + 2**20
+# Sessions gradio keeps in memory (its ``state_session_capacity``, default 10,000): each API call is a session of
+# ~170 KB (a copy of the page's config), so 10,000 refused calls held 1.7 GB. The oldest go first; a page whose
+# session went only loses the overlay re-blend of its last segmentation.
+MAX_SESSIONS = 256
+# The app's own files on disk (uploads, outputs, pasted images) together, and one client's uploads (space/disk.py).
+MAX_DISK_BYTES = 100 * 2**20
+MAX_CLIENT_UPLOAD_BYTES = MAX_UPLOAD_BODY_BYTES  # one full upload request

@@ -19,7 +19,6 @@ import math
 import os
 import re
 import secrets
-import shutil
 import tempfile
 import threading
 import time
@@ -36,6 +35,7 @@ from .inputs import (InputError, editor_to_ids, fit_size, load_mask_file, load_p
                      release_memory, resize_nearest)
 from .model import MAX_FLOW_FRAMES, SpaceModel
 from .ood import OODCheck
+from .disk import AppFiles, UploadBudget
 from .uploads import UploadGate, example_files
 
 logger = logging.getLogger("semflow.space")
@@ -45,8 +45,9 @@ EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 # ------------------------------------------------------------------------------------------------ limits
 # In space/limits.py (ood.py reads them too); imported here under their old names.
 from .limits import (  # noqa: E402,F401
-    CANVAS_SIZE, MASK_MAX_SIDE, MAX_FLOW_STEPS, MAX_JSON_BODY_BYTES, MAX_PIXELS, MAX_SAMPLES, MAX_STEPS,
-    MAX_SYNTHESIS_CALLS, MAX_UPLOAD_BODY_BYTES, MAX_UPLOAD_BYTES, SEED_MAX, WORK_MAX_SIDE,
+    CANVAS_SIZE, MASK_MAX_SIDE, MAX_CLIENT_UPLOAD_BYTES, MAX_DISK_BYTES, MAX_FLOW_STEPS, MAX_JSON_BODY_BYTES,
+    MAX_PIXELS, MAX_SAMPLES, MAX_SESSIONS, MAX_STEPS, MAX_SYNTHESIS_CALLS, MAX_UPLOAD_BODY_BYTES, MAX_UPLOAD_BYTES,
+    SEED_MAX, WORK_MAX_SIDE,
 )
 
 CSS = """
@@ -122,8 +123,10 @@ def palette_css(class_names: list[str]) -> str:
 
 def launch_kwargs(demo: Optional[gr.Blocks] = None) -> dict:
     """Arguments for ``demo.launch`` that belong to the app: its CSS (with the model's class names in the brush
-    palette, which ``build_demo`` stores on the demo), its JS and the upload size limit (gradio's
-    ``max_file_size``: larger uploads are refused with HTTP 413 before they reach the disk)."""
+    palette, which ``build_demo`` stores on the demo), its JS, the upload size limit (gradio's ``max_file_size``:
+    larger uploads are refused with HTTP 413 before they reach the disk), the number of sessions gradio keeps in
+    memory (``state_session_capacity``) and, for a demo from ``build_demo``, its disk budget (uploads make room
+    before they are written) and the removal of its files at shutdown."""
     from starlette.middleware import Middleware
 
     from .body_limit import BodySizeLimit
@@ -131,9 +134,15 @@ def launch_kwargs(demo: Optional[gr.Blocks] = None) -> dict:
     # A request body above the limit is answered 413 before it is read (a 300 MB JSON body used to be parsed
     # whole, peaking at 2 GB, before the handler's own "larger than 25 MB" check): FastAPI's `middleware`, passed
     # through gradio's `app_kwargs` (middleware cannot be added once the server has started).
-    limit = Middleware(BodySizeLimit, max_json_bytes=MAX_JSON_BODY_BYTES, max_upload_bytes=MAX_UPLOAD_BODY_BYTES)
-    return dict(css=getattr(demo, "semflow_css", CSS), js=JS, max_file_size=MAX_UPLOAD_BYTES,
-                app_kwargs={"middleware": [limit]})
+    middleware = [Middleware(BodySizeLimit, max_json_bytes=MAX_JSON_BODY_BYTES,
+                             max_upload_bytes=MAX_UPLOAD_BODY_BYTES)]
+    app_kwargs = {"middleware": middleware}
+    files = getattr(demo, "semflow_files", None)
+    if files is not None:
+        middleware.append(Middleware(UploadBudget, files=files, max_body_bytes=MAX_UPLOAD_BODY_BYTES))
+        app_kwargs["lifespan"] = files.lifespan()
+    return dict(css=getattr(demo, "semflow_css", CSS), js=JS, max_file_size=MAX_UPLOAD_BYTES, app_kwargs=app_kwargs,
+                state_session_capacity=getattr(demo, "semflow_max_sessions", MAX_SESSIONS))
 
 
 def user_errors(fn):
@@ -194,64 +203,37 @@ def _float(value, name: str, lo: float, hi: float) -> float:
 
 
 # ------------------------------------------------------------------------------------------ output files
-_last_cleanup = [0.0]
-
-
-def _out_dir() -> Path:
-    """Our output files live inside gradio's cache folder: gradio then serves them as they are, without hashing
-    and copying each one into its cache (a large part of a fast request's time); gradio's ``delete_cache`` and
-    the sweep below remove them after an hour."""
-    return Path(get_upload_folder()) / "semflow-outputs"
-
-
-def _swept_out_dir() -> Path:
-    out = _out_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    now = time.time()
-    if now - _last_cleanup[0] > 300:
-        _last_cleanup[0] = now
-        for old in out.glob("*"):
-            try:
-                if now - old.stat().st_mtime > 3600:
-                    shutil.rmtree(old) if old.is_dir() else old.unlink()
-            except OSError:
-                pass
-    return out
-
-
-def _tmp_path(stem: str, suffix: str = ".png") -> str:
-    fd, path = tempfile.mkstemp(prefix=f"{stem}_", suffix=suffix, dir=_swept_out_dir())
-    os.close(fd)
-    return path
-
-
-def _file(im: Image.Image | np.ndarray, stem: str = "image", jpeg: bool = False) -> str:
+def _file(files: AppFiles, im: Image.Image | np.ndarray, stem: str = "image", jpeg: bool = False) -> str:
     """An output image as a file of our own (PNG, lossless; or JPEG for photo-like views, 5-10x faster to write).
 
     Returning paths rather than PIL images matters under concurrency: gradio caches PIL outputs by content
     hash and rewrites the cached file in place, so two requests with identical outputs (the same photo
-    segmented twice at once) can serve each other a half-written file. Our files have unique names.
+    segmented twice at once) can serve each other a half-written file. Our files have unique names, live in
+    gradio's cache folder (gradio serves them as they are, without hashing and copying each one) and count
+    against the app's disk budget (``space.disk``).
     """
     if isinstance(im, np.ndarray):
         im = Image.fromarray(im)
     if jpeg:
-        path = _tmp_path(stem, ".jpg")
+        path = files.new_path(stem, ".jpg")
         im.save(path, quality=90)
     else:
-        path = _tmp_path(stem)
+        path = files.new_path(stem)
         im.save(path, compress_level=1)  # fast; these are served once
+    files.add(path)
     return path
 
 
-def _label_path(stem: str) -> str:
+def _label_path(files: AppFiles, stem: str) -> str:
     """``<upload's name>_labels.png`` in a folder of its own, so a download keeps that clean name."""
-    return os.path.join(tempfile.mkdtemp(prefix="labels_", dir=_swept_out_dir()), f"{stem}_labels.png")
+    return os.path.join(files.new_folder("labels_"), f"{stem}_labels.png")
 
 
-def _label_map_png(labels: np.ndarray, size: tuple[int, int], stem: str, palette: np.ndarray) -> str:
+def _label_map_png(files: AppFiles, labels: np.ndarray, size: tuple[int, int], stem: str,
+                   palette: np.ndarray) -> str:
     """The label map as a palette PNG at ``size`` (the upload's size): pixel value = class id, palette = the
     legend's colours. One file that shows in colour and reads back as ids (``np.asarray(Image.open(path))``)."""
-    path = _label_path(stem)
+    path = _label_path(files, stem)
     im = Image.fromarray(labels.astype(np.uint8), mode="P")
     pal = np.zeros((256, 3), np.uint8)
     pal[: len(palette)] = palette
@@ -259,16 +241,18 @@ def _label_map_png(labels: np.ndarray, size: tuple[int, int], stem: str, palette
     if im.size != tuple(size):
         im = im.resize(size, Image.NEAREST)
     im.save(path, compress_level=1)
+    files.add(path)
     return path
 
 
-def _label_png16(labels: np.ndarray, size: tuple[int, int], stem: str) -> str:
+def _label_png16(files: AppFiles, labels: np.ndarray, size: tuple[int, int], stem: str) -> str:
     """Label ids as a 16-bit single-channel PNG at ``size`` (models with more than 256 ids)."""
-    path = _label_path(stem)
+    path = _label_path(files, stem)
     im = Image.fromarray(labels.astype(np.uint16))
     if im.size != tuple(size):
         im = im.resize(size, Image.NEAREST)
     im.save(path, compress_level=1)
+    files.add(path)
     return path
 
 
@@ -367,8 +351,10 @@ class _Overlays:
 
 
 def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: int = 64, warmup: bool = True,
-               ood_file: Optional[os.PathLike | str] = None) -> gr.Blocks:
-    """The whole app. ``model`` is a SpaceModel, a pipeline, or a path / Hub repo id."""
+               ood_file: Optional[os.PathLike | str] = None, max_sessions: int = MAX_SESSIONS,
+               max_disk_bytes: int = MAX_DISK_BYTES) -> gr.Blocks:
+    """The whole app. ``model`` is a SpaceModel, a pipeline, or a path / Hub repo id. ``max_sessions`` and
+    ``max_disk_bytes`` bound its memory and its files on disk (applied by ``launch_kwargs(demo)``)."""
     if not isinstance(model, SpaceModel):
         model = SpaceModel(model)
     if warmup:
@@ -390,15 +376,18 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
     ood = OODCheck.load(model.fingerprint(), **({"path": ood_file} if ood_file else {}))
     overlays = _Overlays()
     demo_ref: list[gr.Blocks] = []
+    # The app's files (uploads, outputs, pasted images) within one disk budget; removed at shutdown (launch_kwargs).
+    files = AppFiles(get_upload_folder(), max_disk_bytes, min(MAX_CLIENT_UPLOAD_BYTES, max_disk_bytes))
     gate = UploadGate(lambda: demo_ref[0].upload_file_set, get_upload_folder(), example_files(EXAMPLES_DIR),
-                      MAX_UPLOAD_BYTES)
+                      MAX_UPLOAD_BYTES, files)
+    out = functools.partial(_file, files)
 
     # ------------------------------------------------------------------------------------------- handlers
     def _photo(payload, what="photo"):
-        path = gate.file(payload, what)
-        if path is None:
-            raise InputError(f"Upload a {what} first.")
-        img, full_size = load_photo_fitted(path, work_side)
+        with gate.reading(payload, what) as path:
+            if path is None:
+                raise InputError(f"Upload a {what} first.")
+            img, full_size = load_photo_fitted(path, work_side)
         if full_size[0] * full_size[1] > 4 * img.size[0] * img.size[1]:
             release_memory()  # the full-size decode is gone: return its memory
         return img, full_size
@@ -417,13 +406,13 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         arr = np.asarray(img)
         key = overlays.put(arr, colors)
         warning = ood.check(seg.confidence, steps, seg.labels)
-        overlay = _file(_blend(arr, colors, opacity), "overlay", jpeg=True)
-        confidence = _file(_confidence_image(seg.confidence), "confidence", jpeg=True)
+        overlay = out(_blend(arr, colors, opacity), "overlay", jpeg=True)
+        confidence = out(_confidence_image(seg.confidence), "confidence", jpeg=True)
         if palette_ids:  # one file: the colour label map *is* the label-id PNG, at the upload's size
-            return (_label_map_png(labels, full_size, _stem(photo), label_palette), overlay, confidence,
+            return (_label_map_png(files, labels, full_size, _stem(photo), label_palette), overlay, confidence,
                     legend_html(model, labels), _note_html(warning), key)
-        return (_file(colors, "labelmap"), overlay, confidence, legend_html(model, labels), _note_html(warning),
-                key, _label_png16(labels, full_size, _stem(photo)))
+        return (out(colors, "labelmap"), overlay, confidence, legend_html(model, labels), _note_html(warning),
+                key, _label_png16(files, labels, full_size, _stem(photo)))
 
     def reblend(key, opacity):
         item = overlays.get(key)
@@ -433,7 +422,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
             return gr.skip()
         if item is None:
             return gr.skip()
-        return _file(_blend(item[0], item[1], a), "overlay", jpeg=True)
+        return out(_blend(item[0], item[1], a), "overlay", jpeg=True)
 
     def _synth_args(steps, beta, n, seed) -> tuple[int, float, int, int]:
         """Checked before any file is read: a request over the limits costs nothing."""
@@ -450,17 +439,19 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
     def _synth(ids, args, progress, what="Synthesizing"):
         steps, beta, n, seed = args
         images = model.synthesize(ids, steps, beta, n, seed, _progress_fn(progress, what))
-        gallery = [(_file(im, "sample"), f"seed {seed}, sample {i + 1}") for i, im in enumerate(images)]
-        return gallery, _file(model.colorize(ids), "mask")
+        gallery = [(out(im, "sample"), f"seed {seed}, sample {i + 1}") for i, im in enumerate(images)]
+        return gallery, out(model.colorize(ids), "mask")
 
     def _read_mask(payload) -> tuple[np.ndarray, str]:
         """Label ids of an uploaded mask and a note on how the app read it (shown under the mask input)."""
-        path = gate.file(payload, "mask")
-        if path is None:
-            raise InputError("Upload a mask first: a label-id PNG or a colour-coded mask in the legend's colours.")
-        kind, mask = load_mask_file(path, MASK_MAX_SIDE, label_colors=display_colors)
+        with gate.reading(payload, "mask") as path:
+            if path is None:
+                raise InputError("Upload a mask first: a label-id PNG or a colour-coded mask in the legend's "
+                                 "colours.")
+            kind, mask = load_mask_file(path, MASK_MAX_SIDE, label_colors=display_colors)
+            lossy = _is_jpeg(path)
         release_memory()
-        ids, note = model.read_mask(kind, mask, lossy=_is_jpeg(path))
+        ids, note = model.read_mask(kind, mask, lossy=lossy)
         if note is None and kind == "ids":
             present = np.unique(ids)
             names = ", ".join(model.class_names[i] for i in present if 0 <= i < k)
@@ -485,7 +476,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
             return None, ""
         try:
             ids, note = _read_mask(mask)
-            return _file(model.colorize(ids), "mask"), f"<div class='mask-note'>{html.escape(note)}</div>"
+            return out(model.colorize(ids), "mask"), f"<div class='mask-note'>{html.escape(note)}</div>"
         except InputError as e:
             return None, _note_html(str(e))
         except Exception:  # noqa: BLE001 - Synthesize reports it with the full message
@@ -493,8 +484,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
             return None, _note_html("This file could not be read as a mask.")
 
     def _editor_arrays(payload) -> dict:
-        files = gate.editor(payload)
-        out, target = {"background": None, "layers": [], "composite": None}, None
+        arrays, target = {"background": None, "layers": [], "composite": None}, None
 
         def load(path):
             nonlocal target
@@ -503,13 +493,14 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                 target = fit_size(arr.shape[1::-1], MASK_MAX_SIDE)
             return resize_nearest(arr, target)
 
-        if files["background"] is not None:
-            out["background"] = load(files["background"])
-        out["layers"] = [load(p) for p in files["layers"]]
-        if files["composite"] is not None:
-            out["composite"] = load(files["composite"])
+        with gate.reading_editor(payload) as paths:
+            if paths["background"] is not None:
+                arrays["background"] = load(paths["background"])
+            arrays["layers"] = [load(p) for p in paths["layers"]]
+            if paths["composite"] is not None:
+                arrays["composite"] = load(paths["composite"])
         release_memory()
-        return out
+        return arrays
 
     @user_errors
     def synthesize_canvas(editor, background_class, steps, perturbation, seed, num_samples, progress=gr.Progress()):
@@ -524,8 +515,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         img, _ = _photo(photo)
         seg = model.segment(img, steps, _progress_fn(progress, "Predicting the mask"))
         warning = ood.check(seg.confidence, steps, seg.labels)
-        mask = _file(model.colorize(seg.labels), "mask")
-        return {"background": mask, "layers": [], "composite": mask}, _file(img, "photo"), _note_html(warning)
+        mask = out(model.colorize(seg.labels), "mask")
+        return {"background": mask, "layers": [], "composite": mask}, out(img, "photo"), _note_html(warning)
 
     @user_errors
     def edit_synthesize(editor, steps, perturbation, seed, num_samples, progress=gr.Progress()):
@@ -541,7 +532,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         steps = _steps(steps, "Steps", MAX_FLOW_STEPS)
         img, _ = _photo(photo)
         forward, backward = model.flow(img, steps, _progress_fn(progress, "Integrating the ODE"))
-        return ([(_file(im, "flow"), c) for im, c in forward], [(_file(im, "flow"), c) for im, c in backward])
+        return ([(out(im, "flow"), c) for im, c in forward], [(out(im, "flow"), c) for im, c in backward])
 
     # ---------------------------------------------------------------------------------------------- layout
     def synthesis_settings(prefix: str):
@@ -763,6 +754,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
 
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)
     demo.semflow_css = CSS + "\n" + palette_css(model.class_names)
+    demo.semflow_files, demo.semflow_max_sessions = files, int(max_sessions)
     return demo
 
 

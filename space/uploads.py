@@ -9,7 +9,9 @@ whether a payload names a file this app may open:
   symlink; or
 - a copy of one of the app's own example files in gradio's cache (what the page sends when an example is
   clicked), recognised by its content (size + SHA-256), with the same path rules; or
-- a ``data:image/...;base64`` URL (a pasted image), decoded into a private temporary file, within the size limit.
+- a ``data:image/...;base64`` URL (a pasted image), decoded into a private temporary file, within the size limit;
+  the file counts against the app's disk budget (``space.disk.AppFiles``) and is deleted as soon as the handler has
+  read it (:meth:`UploadGate.reading`).
 
 Everything else (absolute paths elsewhere, ``..`` tricks, symlinks, URL-encoded or ``file:``/``http:`` paths,
 files of other apps in a shared cache) gets the one message :data:`REFUSED`, which is the same whether or not the
@@ -22,15 +24,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import os
 import stat
-import tempfile
-import threading
-import time
 from pathlib import Path
-from typing import Callable, Iterable, Optional
+from typing import Callable, Iterable, Iterator, Optional
 
+from .disk import AppFiles
 from .inputs import InputError
 
 REFUSED = (
@@ -91,6 +92,7 @@ class UploadGate:
         cache_dir: gradio's cache/upload folder (``gradio.utils.get_upload_folder()``).
         example_files: the app's own example files; copies of them in the cache are accepted.
         max_bytes: the largest file accepted (the same as the app's ``max_file_size``).
+        files: the app's files and their disk budget (pasted images are written there); by default a private one.
     """
 
     def __init__(
@@ -99,6 +101,7 @@ class UploadGate:
         cache_dir: str,
         example_files: Iterable[os.PathLike | str] = (),
         max_bytes: int = 50 * 2**20,
+        files: Optional[AppFiles] = None,
     ):
         self._upload_files = upload_files
         self.cache_dir = os.path.realpath(cache_dir)
@@ -109,8 +112,7 @@ class UploadGate:
             p = str(p)
             digest = _sha256(p, 1 << 62)
             self._examples.setdefault(os.path.getsize(p), set()).add(digest)
-        self._paste_dir: Optional[str] = None
-        self._lock = threading.Lock()
+        self.files = files if files is not None else AppFiles(None, 1 << 62, 1 << 62)
 
     # ------------------------------------------------------------------------------------------------ checks
     def _relative_to_cache(self, path: str) -> Optional[str]:
@@ -183,20 +185,32 @@ class UploadGate:
             raw = base64.b64decode(data, validate=True)
         except (binascii.Error, ValueError):
             raise InputError(f"The pasted {what} is not valid base64 data.") from None
-        with self._lock:
-            if self._paste_dir is None or not os.path.isdir(self._paste_dir):
-                self._paste_dir = tempfile.mkdtemp(prefix="semflow-paste-")
-            now = time.time()
-            for old in os.scandir(self._paste_dir):  # a pasted image is read once, right after this call
-                try:
-                    if now - old.stat().st_mtime > 600:
-                        os.unlink(old.path)
-                except OSError:
-                    pass
-        fd, path = tempfile.mkstemp(prefix="pasted_", suffix=".img", dir=self._paste_dir)
-        with os.fdopen(fd, "wb") as f:
+        path = self.files.new_paste(len(raw))  # room is made first: the app's files stay within their budget
+        with open(path, "wb") as f:
             f.write(raw)
+        self.files.add(path)
         return path
+
+    @contextlib.contextmanager
+    def reading(self, payload, what: str = "image") -> Iterator[Optional[str]]:
+        """:meth:`file` for the duration of a ``with`` block that reads it; a pasted image's file is deleted at the
+        block's end (it is read once, right away)."""
+        path = self.file(payload, what)
+        try:
+            yield path
+        finally:
+            self.files.discard(path)
+
+    @contextlib.contextmanager
+    def reading_editor(self, payload, what: str = "canvas") -> Iterator[dict]:
+        """:meth:`editor` for the duration of a ``with`` block; pasted images' files are deleted at its end."""
+        out: dict = {}
+        try:
+            out = self.editor(payload, what)
+            yield out
+        finally:
+            for p in (out.get("background"), *out.get("layers", ()), out.get("composite")):
+                self.files.discard(p)
 
     def editor(self, payload, what: str = "canvas") -> dict:
         """A raw ImageEditor payload -> {"background": path|None, "layers": [path...], "composite": path|None}."""
@@ -213,20 +227,30 @@ class UploadGate:
         # decode 400 full-size layers (~8 MB each) at once.
         if len(layers) > MAX_EDITOR_LAYERS:
             raise InputError(f"The {what} has {len(layers)} layers; the limit is {MAX_EDITOR_LAYERS}.")
-        out = {
-            "background": self.file(payload.get("background"), what),
-            "layers": [p for p in (self.file(x, what) for x in layers) if p is not None],
-            "composite": self.file(payload.get("composite"), what),
-        }
-        paths = [p for p in (out["background"], *out["layers"], out["composite"]) if p is not None]
-        total = sum(os.path.getsize(p) for p in paths)
-        if total > self.max_bytes:
-            raise InputError(f"The {what}'s images hold {total / 2**20:.0f} MB together; the limit is "
-                             f"{self.max_bytes // 2**20} MB.")
-        pixels = sum(_header_pixels(p) for p in paths)  # from the image headers: nothing decoded yet
-        if pixels > MAX_EDITOR_PIXELS:
-            raise InputError(f"The {what}'s images hold {pixels / 1e6:.0f} megapixels together; the limit is "
-                             f"{MAX_EDITOR_PIXELS / 1e6:.0f}.")
+        paths: list[str] = []  # in order; pasted ones are deleted again if a later part is refused
+
+        def one(x):
+            p = self.file(x, what)
+            if p is not None:
+                paths.append(p)
+            return p
+
+        try:
+            out = {"background": one(payload.get("background")), "layers": [], "composite": None}
+            out["layers"] = [p for p in (one(x) for x in layers) if p is not None]
+            out["composite"] = one(payload.get("composite"))
+            total = sum(os.path.getsize(p) for p in paths)
+            if total > self.max_bytes:
+                raise InputError(f"The {what}'s images hold {total / 2**20:.0f} MB together; the limit is "
+                                 f"{self.max_bytes // 2**20} MB.")
+            pixels = sum(_header_pixels(p) for p in paths)  # from the image headers: nothing decoded yet
+            if pixels > MAX_EDITOR_PIXELS:
+                raise InputError(f"The {what}'s images hold {pixels / 1e6:.0f} megapixels together; the limit is "
+                                 f"{MAX_EDITOR_PIXELS / 1e6:.0f}.")
+        except BaseException:
+            for p in paths:
+                self.files.discard(p)
+            raise
         return out
 
 

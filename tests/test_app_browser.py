@@ -585,13 +585,13 @@ def test_a_canvas_edit_marks_the_samples_stale_without_clearing_them(page):
         box.press("Enter")
     pick, stroke = _painter(page, "#syn-canvas")
     pick(CAMVID_COLORS[3])  # road
-    stroke(0.3)
+    stroke(0.2)  # inside the drawing area, which is smaller than the <canvas>
     _click_and_wait(page, "#syn-canvas-run", "#syn-mask img", "#syn-gallery img")  # at once: the race
     page.wait_for_timeout(5000)  # room for the stroke's change event to land after the run
     assert page.locator("#syn-gallery img").count() == 2, "a late change event cleared the samples"
     assert page.locator("#syn-stale .stale-note").count() == 0, "samples of the canvas shown are marked stale"
     pick(CAMVID_COLORS[5])  # tree
-    stroke(-0.3, -0.1, 0.1)
+    stroke(-0.15, -0.1, 0.1)
     page.locator("#syn-stale .stale-note").wait_for()
     assert "canvas has changed" in page.locator("#syn-stale").inner_text()
     assert page.locator("#syn-gallery img").count() == 2  # kept, for comparison

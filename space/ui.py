@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import functools
+import hashlib
 import html
 import logging
 import math
@@ -79,8 +80,19 @@ CSS = """
   object-fit: contain !important; }
 .semflow-gallery .caption-label { position: static !important; max-width: none !important; border: none !important;
   background: none !important; opacity: 0.85; text-align: center; padding: 2px 0 !important; }
+/* Results made from an earlier canvas stay, dimmed under a note, until the next run (issue 17 item 4): a
+   canvas's change event can arrive after a run, so it marks instead of clearing. */
+.semflow-results:has(.stale-note) .semflow-gallery img, .semflow-results:has(.stale-note) .semflow-stale-dim img {
+  opacity: 0.4; filter: grayscale(0.6); }
+/* The check behind the note is light and frequent (every stroke): no timer over the results for it. */
+.semflow-results .stale-slot [data-testid=status-tracker] { display: none !important; }
+.stale-note { border: 1px solid #6b7280; background: #f3f4f6; color: #1f2937; border-radius: 6px; padding: 4px 10px;
+  font-size: 0.9em; }
 /* Canvas labels: wrap instead of running under the toolbar on a phone. */
 .semflow-canvas label, .semflow-canvas label span { white-space: normal !important; overflow: visible !important; }
+/* ... and stop short of the editor's toolbar (zoom, undo, clear: about 180 px at the top right), wrapping onto a
+   second line where the two do not fit side by side (a phone's width). */
+.semflow-canvas label.float { max-width: calc(100% - 196px) !important; height: auto !important; }
 """
 
 
@@ -95,6 +107,25 @@ JS = """
   }, true);
 }
 """
+
+
+def scroll_js(elem_id: str) -> str:
+    """Browser-side, on a run button's click: bring the run's results (where its progress shows) into view when
+    they are off screen or low on it, as on a phone, where they sit below the inputs and examples (issue 17 item
+    3). On a wide screen they are already beside the button and nothing moves."""
+    return (f"() => {{ const e = document.getElementById('{elem_id}'); if (!e) return; "
+            "const top = e.getBoundingClientRect().top; "
+            "if (top < 0 || top > window.innerHeight * 0.6) window.scrollBy({top: top - 12, behavior: 'instant'}); }")
+
+
+STALE_NOTE = ("<div class='stale-note'>⟳ The canvas has changed since these results were made: they show the earlier "
+              "mask. Press the button again to update them.</div>")
+
+
+def _fingerprint(ids: np.ndarray) -> str:
+    """Identifies a mask's label ids (to tell whether a canvas still shows the mask behind the results)."""
+    ids = np.ascontiguousarray(ids, dtype=np.int32)
+    return f"{ids.shape}:{hashlib.sha1(ids.tobytes()).hexdigest()}"
 
 
 def palette_css(class_names: list[str]) -> str:
@@ -502,12 +533,35 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         release_memory()
         return arrays
 
+    def _canvas_ids(editor, background_class) -> np.ndarray:
+        bg = _int(background_class, "Background class", 0, k - 1)
+        return editor_to_ids(_editor_arrays(editor), model.colors, bg)
+
     @user_errors
     def synthesize_canvas(editor, background_class, steps, perturbation, seed, num_samples, progress=gr.Progress()):
-        bg = _int(background_class, "Background class", 0, k - 1)
+        _int(background_class, "Background class", 0, k - 1)
         args = _synth_args(steps, perturbation, num_samples, seed)
-        ids = editor_to_ids(_editor_arrays(editor), model.colors, bg)
-        return _synth(ids, args, progress)
+        ids = _canvas_ids(editor, background_class)
+        return (*_synth(ids, args, progress), _fingerprint(ids))
+
+    def _edit_ids(editor) -> np.ndarray:
+        value = _editor_arrays(editor)
+        if value["background"] is None:
+            raise InputError("Predict a mask from a photo first (step 1), then repaint it.")
+        return editor_to_ids(value, model.colors, 0)
+
+    def stale_note(ids_of, *inputs_and_fingerprint):
+        """The stale note when the canvas no longer shows the mask behind the results on screen (fingerprint None:
+        no results from a canvas). It compares contents, not the order of events, so a change event that lands
+        after a run, carrying the canvas the run used, leaves the results as they are."""
+        *inputs, fingerprint = inputs_and_fingerprint
+        if fingerprint is None:
+            return ""
+        try:
+            same = _fingerprint(ids_of(*inputs)) == fingerprint
+        except Exception:  # noqa: BLE001 - an emptied or unreadable canvas no longer shows that mask
+            same = False
+        return "" if same else STALE_NOTE
 
     @user_errors
     def edit_predict(photo, steps, progress=gr.Progress()):
@@ -521,11 +575,8 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
     @user_errors
     def edit_synthesize(editor, steps, perturbation, seed, num_samples, progress=gr.Progress()):
         args = _synth_args(steps, perturbation, num_samples, seed)
-        value = _editor_arrays(editor)
-        if value["background"] is None:
-            raise InputError("Predict a mask from a photo first (step 1), then repaint it.")
-        ids = editor_to_ids(value, model.colors, 0)
-        return _synth(ids, args, progress)
+        ids = _edit_ids(editor)
+        return (*_synth(ids, args, progress), _fingerprint(ids))
 
     @user_errors
     def flow(photo, steps, progress=gr.Progress()):
@@ -588,7 +639,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                             gr.Examples(photo_examples, inputs=[seg_in], label="Photos synthesized by the model",
                                         elem_id="seg-examples")
                         seg_legend = gr.HTML(legend, label="Legend with class shares", elem_id="seg-legend")
-                    with gr.Column(scale=2):
+                    with gr.Column(scale=2, elem_id="seg-results"):
                         seg_note = gr.HTML("", label="Out-of-domain warning", elem_id="seg-note")
                         with gr.Row():
                             seg_map = gr.Image(label="Label map (class-id PNG)" if palette_ids else "Label map",
@@ -643,12 +694,16 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                                                        elem_id="syn-canvas-run")
                         syn_steps, syn_beta, syn_seed, syn_n = synthesis_settings("syn")
                         gr.HTML(legend, elem_id="syn-legend")
-                    with gr.Column(scale=1):
+                    with gr.Column(scale=1, elem_id="syn-results", elem_classes=["semflow-results"]):
+                        syn_stale = gr.HTML("", label="Stale results", elem_id="syn-stale",
+                                            elem_classes=["stale-slot"])
                         syn_gallery = gr.Gallery(label="Samples", columns=2, height="auto", object_fit="contain",
                                                  format="png", elem_id="syn-gallery",
                                                  elem_classes=["semflow-gallery", "samples"])
                         syn_mask = gr.Image(label="Mask used (colour-coded)", format="png", interactive=False,
-                                            elem_id="syn-mask")
+                                            elem_id="syn-mask", elem_classes=["semflow-stale-dim"])
+                # The canvas mask behind the samples on screen (None when they are not from the canvas).
+                syn_fp = gr.State()
 
             # --------------------------------------------------------------------------------------- Edit
             with gr.Tab("Edit", id="edit"):
@@ -665,7 +720,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         if photo_examples:
                             gr.Examples(photo_examples, inputs=[edit_in], elem_id="edit-examples")
                         edit_photo = gr.Image(label="Photo (as segmented)", interactive=False, elem_id="edit-photo")
-                    with gr.Column(scale=2):
+                    with gr.Column(scale=2, elem_id="edit-work"):
                         edit_note = gr.HTML("", label="Out-of-domain warning", elem_id="edit-note")
                         edit_canvas = gr.ImageEditor(
                             label="2. Repaint the predicted mask", type="numpy", image_mode="RGBA", sources=[],
@@ -677,10 +732,15 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         gr.HTML(brush_legend_html(model), elem_id="edit-brush-legend")
                         edit_steps, edit_beta, edit_seed, edit_n = synthesis_settings("edit")
                         edit_btn = gr.Button("3. Synthesize", variant="primary", elem_id="edit-run")
-                        edit_gallery = gr.Gallery(label="New photos with your layout", columns=2, height="auto",
-                                                  object_fit="contain", format="png", elem_id="edit-gallery",
-                                                  elem_classes=["semflow-gallery", "samples"])
-                        edit_mask = gr.Image(label="Mask used", format="png", interactive=False, elem_id="edit-mask")
+                        with gr.Column(elem_id="edit-results", elem_classes=["semflow-results"]):
+                            edit_stale = gr.HTML("", label="Stale results", elem_id="edit-stale",
+                                                 elem_classes=["stale-slot"])
+                            edit_gallery = gr.Gallery(label="New photos with your layout", columns=2, height="auto",
+                                                      object_fit="contain", format="png", elem_id="edit-gallery",
+                                                      elem_classes=["semflow-gallery", "samples"])
+                            edit_mask = gr.Image(label="Mask used", format="png", interactive=False,
+                                                 elem_id="edit-mask", elem_classes=["semflow-stale-dim"])
+                edit_fp = gr.State()
 
             # --------------------------------------------------------------------------------------- Flow
             with gr.Tab("Flow", id="flow"):
@@ -697,7 +757,7 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
                         flow_btn = gr.Button("Show the flow", variant="primary", elem_id="flow-run")
                         if photo_examples:
                             gr.Examples(photo_examples, inputs=[flow_in], elem_id="flow-examples")
-                    with gr.Column(scale=3):
+                    with gr.Column(scale=3, elem_id="flow-results"):
                         gr.Markdown("**Segmentation:** photo (t = 0) → mask (t = 1)")
                         flow_fwd = gr.Gallery(show_label=False, label="Segmentation", columns=6, height="auto",
                                               format="png", object_fit="contain", allow_preview=True,
@@ -711,17 +771,30 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         # Model events get the raw payloads (preprocess=False): the handlers check files and numbers themselves.
         run = dict(concurrency_id="model", concurrency_limit=concurrency_limit, preprocess=False)
         quick = dict(queue=False, api_visibility="private", show_progress="hidden")
-        # A run's first (instant) step clears its outputs and scrolls them into view, so the progress and then the
-        # results show where the user looks, also on a phone where they sit below the inputs (issue 17 item 3).
-        start = dict(quick, scroll_to_output=True)
+        # Whether the results still match the canvas: a light check, the latest canvas only.
+        stale = dict(api_visibility="private", preprocess=False, concurrency_id="stale",
+                     concurrency_limit=concurrency_limit, trigger_mode="always_last", show_progress="hidden")
 
         def clear(*values):  # the previous run's outputs go before a new run: no stale results next to an error
             return lambda: list(values) if len(values) > 1 else values[0]
 
+        def syn_stale_note(editor, background_class, fingerprint):
+            return stale_note(_canvas_ids, editor, background_class, fingerprint)
+
+        def edit_stale_note(editor, fingerprint):
+            return stale_note(_edit_ids, editor, fingerprint)
+
+        # A run button first brings its results into view (in the browser, no server round trip), so the progress
+        # and then the results show where the user looks, also on a phone, where they sit below the inputs.
+        for button, results in ((seg_btn, "seg-results"), (syn_btn, "syn-results"), (canvas_btn, "syn-results"),
+                                (edit_predict_btn, "edit-work"), (edit_btn, "edit-results"),
+                                (flow_btn, "flow-results")):
+            button.click(None, None, None, js=scroll_js(results), queue=False)
+
         seg_outputs = [seg_map, seg_overlay, seg_conf, seg_legend, seg_note, seg_state]
         seg_outputs += [seg_file] if seg_file else []
         seg_btn.click(clear(None, None, None, legend, "", None, *([None] if seg_file else [])), None, seg_outputs,
-                      **start).then(
+                      **quick).then(
             segment, [seg_in, seg_steps, seg_opacity], seg_outputs, api_name="segment",
             show_progress_on=[seg_map, seg_overlay, seg_conf], **run)
         for listener in (seg_opacity.input, seg_opacity.release):
@@ -731,25 +804,38 @@ def build_demo(model: SpaceModel | str, concurrency_limit: int = 2, max_queue: i
         # (and any error badge) that belong to the previous one.
         seg_in.change(clear(None, None, None, legend, "", None, *([None] if seg_file else [])), None, seg_outputs,
                       **quick)
-        syn_in.change(clear(None, None, None, ""), None, [syn_gallery, syn_mask, syn_preview, syn_note], **quick).then(
+        syn_in.change(clear(None, None, "", None, None, ""), None,
+                      [syn_gallery, syn_mask, syn_stale, syn_fp, syn_preview, syn_note], **quick).then(
             preview_mask, [syn_in], [syn_preview, syn_note], api_visibility="private", preprocess=False,
             concurrency_id="preview", concurrency_limit=concurrency_limit, show_progress="minimal")
-        edit_in.change(clear(None, None, None, None, ""), None, [edit_canvas, edit_photo, edit_gallery, edit_mask,
-                                                                  edit_note], **quick)
+        edit_in.change(clear(None, None, None, None, "", "", None), None,
+                       [edit_canvas, edit_photo, edit_gallery, edit_mask, edit_note, edit_stale, edit_fp], **quick)
         flow_in.change(clear(None, None), None, [flow_fwd, flow_bwd], **quick)
-        syn_btn.click(clear(None), None, [syn_gallery], **start).then(
+        # A canvas edit marks the results made from the canvas as stale (a note, the images dimmed) rather than
+        # clearing them: the editor sends its change event only after uploading the strokes, which under load can
+        # be after a run that already used them. The note compares the canvas with the mask the results came
+        # from, so such a late event leaves them unmarked; a check after each run catches strokes made during it.
+        for listener in (canvas.change, canvas_bg.change):
+            listener(syn_stale_note, [canvas, canvas_bg, syn_fp], [syn_stale], **stale)
+        edit_canvas.change(edit_stale_note, [edit_canvas, edit_fp], [edit_stale], **stale)
+        syn_btn.click(clear(None, "", None), None, [syn_gallery, syn_stale, syn_fp], **quick).then(
             synthesize, [syn_in, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
             api_name="synthesize", **run)
-        canvas_btn.click(clear(None, None), None, [syn_gallery, syn_mask], **start).then(
-            synthesize_canvas, [canvas, canvas_bg, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask],
-            api_name="synthesize_canvas", **run)
-        edit_predict_btn.click(clear(None, None, ""), None, [edit_gallery, edit_mask, edit_note], **quick).then(
+        canvas_btn.click(clear(None, None, "", None), None, [syn_gallery, syn_mask, syn_stale, syn_fp], **quick).then(
+            synthesize_canvas, [canvas, canvas_bg, syn_steps, syn_beta, syn_seed, syn_n], [syn_gallery, syn_mask,
+                                                                                            syn_fp],
+            api_name="synthesize_canvas", **run).then(
+            syn_stale_note, [canvas, canvas_bg, syn_fp], [syn_stale], **stale)
+        edit_predict_btn.click(clear(None, None, "", "", None), None, [edit_gallery, edit_mask, edit_note, edit_stale,
+                                                                       edit_fp], **quick).then(
             edit_predict, [edit_in, edit_seg_steps], [edit_canvas, edit_photo, edit_note], api_name="edit_predict",
             **run)
-        edit_btn.click(clear(None, None), None, [edit_gallery, edit_mask], **start).then(
-            edit_synthesize, [edit_canvas, edit_steps, edit_beta, edit_seed, edit_n], [edit_gallery, edit_mask],
-            api_name="edit_synthesize", **run)
-        flow_btn.click(clear(None, None), None, [flow_fwd, flow_bwd], **start).then(
+        edit_btn.click(clear(None, None, "", None), None, [edit_gallery, edit_mask, edit_stale, edit_fp], **quick).then(
+            edit_synthesize, [edit_canvas, edit_steps, edit_beta, edit_seed, edit_n], [edit_gallery, edit_mask,
+                                                                                       edit_fp],
+            api_name="edit_synthesize", **run).then(
+            edit_stale_note, [edit_canvas, edit_fp], [edit_stale], **stale)
+        flow_btn.click(clear(None, None), None, [flow_fwd, flow_bwd], **quick).then(
             flow, [flow_in, flow_steps], [flow_fwd, flow_bwd], api_name="flow", **run)
 
     demo.queue(max_size=max_queue, default_concurrency_limit=concurrency_limit)

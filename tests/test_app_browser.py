@@ -421,17 +421,16 @@ def test_a_new_upload_clears_the_previous_results(page, tmp_path):
     assert page.locator("#seg-map, #seg-overlay, #seg-conf").get_by_text("Error").count() == 0
 
 
-@pytest.mark.xfail(reason="issue 17 item 6 in the browser: written, fails in Chromium (the preview/note is not found); "
-                          "the gradio_client tests of the same behaviour pass; left open", strict=False)
 def test_mask_uploads_get_immediate_feedback(page, tmp_path):
     """Item 6: a plain label-id PNG (looks black) is previewed in colour under the input with a note; a photo in
     the mask slot gets its message at once, before Synthesize is pressed."""
     _tab(page, "Synthesize", "Upload a mask")
     ids = tmp_path / "camvid_ids.png"
     Image.fromarray(np.asarray(Image.open(EXAMPLES / "street_1.png")).astype(np.uint8), mode="L").save(ids)
+    old = _src(page, "#syn-preview img")  # an earlier test's preview may still show until the upload clears it
     page.locator("#syn-input input[type=file]").set_input_files(str(ids))
-    page.wait_for_function("() => { const e = document.querySelector('#syn-preview img'); return e && e.complete"
-                           " && e.naturalWidth > 0; }")
+    page.wait_for_function("old => { const e = document.querySelector('#syn-preview img'); return e && e.complete"
+                           " && e.naturalWidth > 0 && e.getAttribute('src') !== old; }", arg=old)
     assert "label-id" in page.locator("#syn-note").inner_text()
     preview = np.asarray(_fetch_image(page, "#syn-preview img").convert("RGB")).reshape(-1, 3)
     assert {tuple(c) for c in np.unique(preview, axis=0)} <= {tuple(c) for c in CAMVID_COLORS}
@@ -466,10 +465,7 @@ _OUTSIDE_JS = """(sel) => {
 }"""
 
 
-@pytest.mark.parametrize("width, height", [
-    pytest.param(390, 844, marks=pytest.mark.xfail(reason="issue 17 item 3: the phone layout still clips some "
-                                                          "entries; left open", strict=False)),
-    (1280, 900)])
+@pytest.mark.parametrize("width, height", [(390, 844), (1280, 900)])
 def test_every_frame_sample_and_palette_entry_is_reachable(browser, app_url, width, height):  # noqa: F811
     """Items 3 and 5 at a phone's and a desktop's width: all Flow frames, all 8 samples and the whole brush palette
     inside the page (no clipping, no inner scroll box), captions under the pictures, canvas labels whole, and the
@@ -543,6 +539,7 @@ def test_every_frame_sample_and_palette_entry_is_reachable(browser, app_url, wid
         label = pg.evaluate("""() => { const l = document.querySelector('#syn-canvas label');
             return l ? [l.scrollWidth, l.clientWidth] : [0, 0]; }""")
         assert label[0] <= label[1] + 1, f"the canvas label is cut: {label}"
+        _assert_label_clear_of_toolbar(pg, "#syn-canvas")
         _shot(pg, f"{tag}_paint_palette")
         pg.mouse.click(2, 2)
         _tab(pg, "Edit")
@@ -550,11 +547,21 @@ def test_every_frame_sample_and_palette_entry_is_reachable(browser, app_url, wid
         pg.wait_for_selector("#edit-input img")
         pg.click("#edit-predict")
         pg.wait_for_selector("#edit-photo img")
+        _assert_label_clear_of_toolbar(pg, "#edit-canvas")
         _shot(pg, f"{tag}_edit_after")
         _tab(pg, "Synthesize", "Paint a mask")
         _shot(pg, f"{tag}_paint_after")
     finally:
         pg.close()
+
+
+def _assert_label_clear_of_toolbar(pg, canvas: str) -> None:
+    """The canvas's label is not covered by the editor's toolbar (zoom, undo, clear) at its top right."""
+    label = pg.locator(f"{canvas} label").first.bounding_box()
+    bar = pg.locator(f"{canvas} .top-panel").first.bounding_box()
+    overlap = (label["x"] < bar["x"] + bar["width"] and bar["x"] < label["x"] + label["width"]
+               and label["y"] < bar["y"] + bar["height"] and bar["y"] < label["y"] + label["height"])
+    assert not overlap, f"the toolbar covers the canvas label: {label} {bar}"
 
 
 def _assert_captions_below(pg, gallery: str) -> None:
@@ -565,3 +572,32 @@ def _assert_captions_below(pg, gallery: str) -> None:
         const a = i.getBoundingClientRect(), b = c.getBoundingClientRect();
         return b.top < a.bottom - 1 && b.bottom > a.top + 1 && b.left < a.right - 1 && b.right > a.left + 1; }}).length""")
     assert overlaps == 0, f"{overlaps} captions cover their pictures in {gallery}"
+
+
+def test_a_canvas_edit_marks_the_samples_stale_without_clearing_them(page):
+    """Item 4 for canvases: after a stroke, the samples made from the earlier canvas stay, dimmed under a note,
+    until the next run. The editor sends its change event only after uploading a stroke, which under load can be
+    after a run that used the stroke: that late event must neither clear the new samples nor mark them stale."""
+    _tab(page, "Synthesize", "Paint a mask")
+    for sel, value in (("#syn-steps", "1"), ("#syn-n", "2")):
+        box = page.locator(f"{sel} input[type=number]")
+        box.fill(value)
+        box.press("Enter")
+    pick, stroke = _painter(page, "#syn-canvas")
+    pick(CAMVID_COLORS[3])  # road
+    stroke(0.2)  # inside the drawing area, which is smaller than the <canvas>
+    _click_and_wait(page, "#syn-canvas-run", "#syn-mask img", "#syn-gallery img")  # at once: the race
+    page.wait_for_timeout(5000)  # room for the stroke's change event to land after the run
+    assert page.locator("#syn-gallery img").count() == 2, "a late change event cleared the samples"
+    assert page.locator("#syn-stale .stale-note").count() == 0, "samples of the canvas shown are marked stale"
+    pick(CAMVID_COLORS[5])  # tree
+    stroke(-0.15, -0.1, 0.1)
+    page.locator("#syn-stale .stale-note").wait_for()
+    assert "canvas has changed" in page.locator("#syn-stale").inner_text()
+    assert page.locator("#syn-gallery img").count() == 2  # kept, for comparison
+    assert float(page.evaluate("getComputedStyle(document.querySelector('#syn-gallery img')).opacity")) < 0.6
+    _shot(page, "synthesize_stale")
+    _click_and_wait(page, "#syn-canvas-run", "#syn-mask img", "#syn-gallery img")
+    page.locator("#syn-stale .stale-note").wait_for(state="detached")
+    page.wait_for_timeout(3000)
+    assert page.locator("#syn-stale .stale-note").count() == 0 and page.locator("#syn-gallery img").count() == 2

@@ -131,6 +131,29 @@ def test_a_new_input_clears_the_results_of_the_old_one(config, source, results):
     assert not missing, f"a change of {source} leaves {missing} showing the previous results"
 
 
+@pytest.mark.parametrize("canvas, run, results, note", [
+    ("syn-canvas", "syn-canvas-run", ["syn-gallery", "syn-mask"], "syn-stale"),
+    ("edit-canvas", "edit-run", ["edit-gallery", "edit-mask"], "edit-stale"),
+])
+def test_a_canvas_edit_marks_the_results_stale_instead_of_clearing_them(config, canvas, run, results, note):
+    """A canvas's change event can land after a run that already used the stroke (the editor uploads the stroke
+    first): it updates the stale note only, never the results; each run clears the note and checks the canvas
+    again once it is done (strokes made during the run)."""
+    ids = _ids_by_elem(config)
+    deps = config["dependencies"]
+    on_change = [d for d in deps if any(t[0] == ids[canvas] and t[1] == "change" for t in d["targets"])]
+    assert on_change, f"nothing marks the results of {canvas} stale"
+    outputs = set().union(*(d["outputs"] for d in on_change))
+    assert outputs == {ids[note]}, f"a change of {canvas} writes {outputs}, not only the note"
+    first = [d for d in deps if any(t[0] == ids[run] and t[1] == "click" for t in d["targets"]) and d["backend_fn"]]
+    assert len(first) == 1 and {ids[note], *(ids[r] for r in results)} <= set(first[0]["outputs"])
+    chain, step = [], first[0]
+    while step is not None:  # the steps that follow the click (.then)
+        chain.append(step)
+        step = next((d for d in deps if d.get("trigger_after") == step["id"]), None)
+    assert len(chain) == 3 and chain[-1]["outputs"] == [ids[note]] and ids[canvas] in chain[-1]["inputs"]
+
+
 # ------------------------------------------------------------------------------------------ item 6: uploaded masks
 def test_jpeg_colour_mask_is_snapped_to_the_legend(tiny_model_dir, tmp_path):  # noqa: F811
     from space import SpaceModel

@@ -323,27 +323,25 @@ def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_we
             loss = loss + float(cfg["perceptual_weight"]) * perceptual.distance(fp, ft).mean()
             sel = t >= float(cfg["adversarial_t_min"])  # near t=0 the image end is the input itself: nothing to judge
             if disc is not None and bool(sel.any()):
-                fake = disc([f[sel] for f in fp], labels[sel])
-                loss = loss + float(cfg["adversarial_weight"]) * generator_loss(fake)
-                if critic_inputs is not None:
-                    critic_inputs.update(fake=image_hat[sel].detach(), real=images[sel].float(), labels=labels[sel])
+                fake = [f[sel] for f in fp]
+                loss = loss + float(cfg["adversarial_weight"]) * generator_loss(disc(fake, labels[sel]))
+                if critic_inputs is not None:  # the critic's step reuses these features instead of recomputing them
+                    critic_inputs.update(fake=[f.detach() for f in fake], real=[f[sel] for f in ft], labels=labels[sel])
         return loss
     return err.mean()
 
 
-def critic_step(disc, d_optimizer, perceptual, critic_inputs: Dict[str, torch.Tensor], accelerator) -> None:
-    """One hinge step of the discriminator on this batch's real photos and (detached) predicted image ends.
+def critic_step(disc, d_optimizer, critic_inputs: Dict[str, Any], accelerator) -> None:
+    """One hinge step of the discriminator on this batch's frozen features of the real photos and of the
+    (detached) predicted image ends, as ``semflow_loss`` left them in ``critic_inputs``.
 
     Every process takes the step (an empty selection contributes a zero loss), so DDP's gradient sync stays in
     lockstep."""
     d_optimizer.zero_grad(set_to_none=True)  # drop the grads the generator's term left in the critic
     with accelerator.autocast():
         if critic_inputs:
-            with torch.no_grad():
-                fr = perceptual.features(critic_inputs["real"])
-                ff = perceptual.features(critic_inputs["fake"])
             labels = critic_inputs["labels"]
-            d_loss = discriminator_loss(disc(fr, labels), disc(ff, labels))
+            d_loss = discriminator_loss(disc(critic_inputs["real"], labels), disc(critic_inputs["fake"], labels))
         else:
             d_loss = sum(p.sum() for p in disc.parameters()) * 0.0
     accelerator.backward(d_loss)
@@ -1057,7 +1055,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         lr_sched.step()
         optimizer.zero_grad(set_to_none=True)
         if disc is not None:
-            critic_step(disc, d_optimizer, perceptual, critic_inputs, accelerator)
+            critic_step(disc, d_optimizer, critic_inputs, accelerator)
         if ema is not None:
             ema.step(plain.parameters())
         done = step + 1

@@ -531,9 +531,8 @@ def _package_component_module(spec) -> bool:
     """Whether a ``model_index.json`` entry names one of this package's model classes with its own module file."""
     from semflow_pipeline import pipeline_semflow
 
-    known = dict(pipeline_semflow.REMOTE_COMPONENT_CODE)
-    known.update({cls: module for module, cls in pipeline_semflow.PACKAGE_COMPONENT_FILES.values()})
-    return isinstance(spec, list) and len(spec) == 2 and known.get(spec[1]) == spec[0]
+    return (isinstance(spec, list) and len(spec) == 2
+            and pipeline_semflow.PACKAGE_COMPONENT_CODE.get(spec[1]) == spec[0])
 
 
 def weight_problems(model_dir: Path, files: list[str]) -> list[str]:

@@ -833,16 +833,10 @@ class SemFlowPipeline(DiffusionPipeline):
         if "scheduler" not in kwargs:
             kwargs["scheduler"] = SemFlowScheduler.from_pretrained(folder, subfolder="scheduler")
             load_logger.info(f"Loaded scheduler as SemFlowScheduler from `scheduler` subfolder of {name}.")
-        for component, entry in index.items():
-            # A component saved with its own code (``unet/unet_semflow.py``): this package's class loads the weights.
-            if (isinstance(entry, list) and len(entry) == 2 and entry[0] in REMOTE_COMPONENT_LIBRARIES
-                    and component not in kwargs):
-                kwargs[component] = _load_package_component(folder, component, entry[1], kwargs)
-        for component, (module_name, class_name) in _package_components(folder, index).items():
-            if component not in kwargs:  # e.g. empty_prompt_embedding: its code file is a copy of this package's
-                module = importlib.import_module(f"{__package__}.{module_name}")
-                # (no dtype: `predict` casts the embedding to the UNet's dtype)
-                kwargs[component] = getattr(module, class_name).from_pretrained(folder, subfolder=component)
+        # Components saved with their own code (``unet/unet_semflow.py``): this package's class loads the weights.
+        for component, class_name in _package_components(folder, index).items():
+            if component not in kwargs:
+                kwargs[component] = _load_package_component(folder, component, class_name, kwargs)
                 load_logger.info(f"Loaded {component} as {class_name} from `{component}` subfolder of {name}.")
         token = _LOADING_WITH_PACKAGE_CLASSES.set(True)
         try:
@@ -861,13 +855,10 @@ class SemFlowPipeline(DiffusionPipeline):
             config = dict(config)
             config["_class_name"] = cls.__name__
             for name, entry in config.items():  # components with their own code: passed in by from_pretrained
-                if isinstance(entry, list) and len(entry) == 2 and entry[0] in REMOTE_COMPONENT_LIBRARIES:
+                if isinstance(entry, list) and len(entry) == 2 and entry[1] in PACKAGE_COMPONENT_CODE:
                     config[name] = [None, None]
             if "scheduler" in config:
                 config["scheduler"] = [None, None]  # passed in by from_pretrained
-            for component in PACKAGE_COMPONENT_FILES:
-                if isinstance(config.get(component), list):
-                    config[component] = [None, None]  # passed in by from_pretrained too
         return config
 
     @staticmethod
@@ -910,21 +901,23 @@ class SemFlowPipeline(DiffusionPipeline):
         return index
 
 
-# Components whose class lives in this package, saved with a copy of its code in the component's folder (as the
-# scheduler): component name -> (module file in this package, class name).
-PACKAGE_COMPONENT_FILES = {"empty_prompt_embedding": ("prompt_embedding", "SemFlowPromptEmbedding")}
+# Model classes of this package that a saved folder carries as a component's own code (``<component>/<module>.py``,
+# as the scheduler's; diffusers loads it with trust_remote_code): class name -> module file in this package.
+PACKAGE_COMPONENT_CODE = {"SemFlowUNet2DModel": "unet_semflow", "SemFlowPromptEmbedding": "prompt_embedding"}
 
 
 def _package_components(folder: str, index: dict) -> dict:
-    """The components of ``index`` listed in ``PACKAGE_COMPONENT_FILES`` that the folder holds."""
+    """``{component: class name}`` for the components of ``index`` whose class is in ``PACKAGE_COMPONENT_CODE``;
+    each must have its config in the folder."""
     found = {}
-    for component, (module_name, class_name) in PACKAGE_COMPONENT_FILES.items():
-        entry = index.get(component)
-        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None:
-            if not os.path.isfile(os.path.join(folder, component, "config.json")):
-                raise FileNotFoundError(f"`{os.path.join(folder, component, 'config.json')}` is missing: the "
-                                        f"`{component}` component's config, listed in model_index.json.")
-            found[component] = (module_name, class_name)
+    for component, entry in index.items():
+        if (component.startswith("_") or not isinstance(entry, (list, tuple)) or len(entry) != 2
+                or entry[0] is None or entry[1] not in PACKAGE_COMPONENT_CODE):
+            continue
+        if not os.path.isfile(os.path.join(folder, component, "config.json")):
+            raise FileNotFoundError(f"`{os.path.join(folder, component, 'config.json')}` is missing: the "
+                                    f"`{component}` component's config, listed in model_index.json.")
+        found[component] = entry[1]
     return found
 
 
@@ -935,12 +928,9 @@ def _check_components(folder: str, index: dict, passed: dict) -> None:
     for name, entry in index.items():
         if name.startswith("_") or not isinstance(entry, (list, tuple)) or len(entry) != 2 or name in passed:
             continue
-        if name in PACKAGE_COMPONENT_FILES:  # this package's class: checked by `_package_components`
-            continue
         library, class_name = entry
-        if library is None:
+        if library is None or class_name in PACKAGE_COMPONENT_CODE:  # this package's: see `_package_components`
             continue
-        library = __name__.rsplit(".", 1)[0] if library in REMOTE_COMPONENT_LIBRARIES else library
         sub = os.path.join(folder, name)
         if name == "scheduler":  # always loaded as this package's SemFlowScheduler
             config = os.path.join(sub, SemFlowScheduler.config_name)
@@ -971,18 +961,11 @@ REMOTE_CODE_FILES = {  # file in this package -> where a saved pipeline folder h
     "image_processing.py": ["image_processing.py"],
     "scheduling_semflow.py": ["scheduling_semflow.py", "scheduler/scheduling_semflow.py"],
 }
-# Model classes of this package that a saved folder carries as a component's code (``<component>/<module>.py``,
-# which diffusers loads with trust_remote_code): class name -> module file.
-REMOTE_COMPONENT_CODE = {"SemFlowUNet2DModel": "unet_semflow"}
-REMOTE_COMPONENT_LIBRARIES = set(REMOTE_COMPONENT_CODE.values())
-
-
 def _load_package_component(folder: str, component: str, class_name: str, kwargs: dict):
     """Loads ``<folder>/<component>`` with this package's ``class_name``, honouring the loader's dtype / variant /
     safetensors / low-memory arguments (a ``{"unet": ..., "default": ...}`` dtype dict too)."""
-    from . import unet_semflow
-
-    model_class = getattr(unet_semflow, class_name)
+    module = importlib.import_module(f"{__package__}.{PACKAGE_COMPONENT_CODE[class_name]}")
+    model_class = getattr(module, class_name)
     load = {k: kwargs[k] for k in ("variant", "use_safetensors", "low_cpu_mem_usage") if k in kwargs}
     for key in ("dtype", "torch_dtype"):
         dtype = kwargs.get(key)
@@ -1008,16 +991,10 @@ def write_remote_code(save_directory: Union[str, os.PathLike]) -> None:
     index["_class_name"] = ["pipeline_semflow", "SemFlowPipeline"]
     index["scheduler"] = ["scheduling_semflow", "SemFlowScheduler"]
     for name, entry in index.items():
-        if isinstance(entry, list) and len(entry) == 2 and entry[1] in REMOTE_COMPONENT_CODE:
-            module = REMOTE_COMPONENT_CODE[entry[1]]
+        if isinstance(entry, list) and len(entry) == 2 and entry[0] is not None and entry[1] in PACKAGE_COMPONENT_CODE:
+            module = PACKAGE_COMPONENT_CODE[entry[1]]
             shutil.copyfile(os.path.join(here, module + ".py"), os.path.join(save_directory, name, module + ".py"))
             index[name] = [module, entry[1]]
-    for component, (module_name, class_name) in PACKAGE_COMPONENT_FILES.items():
-        entry = index.get(component)
-        if isinstance(entry, (list, tuple)) and len(entry) == 2 and entry[0] is not None:
-            shutil.copyfile(os.path.join(here, module_name + ".py"),
-                            os.path.join(save_directory, component, module_name + ".py"))
-            index[component] = [module_name, class_name]
     with open(index_path, "w", encoding="utf-8") as f:
         json.dump(index, f, indent=2, sort_keys=True)
         f.write("\n")

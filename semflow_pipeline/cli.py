@@ -158,6 +158,8 @@ def resolve_model(model: str) -> str:
 
 
 def load_pipeline(model: str, device):
+    import torch
+
     from semflow_pipeline import SemFlowPipeline
 
     model = resolve_model(model)
@@ -167,6 +169,7 @@ def load_pipeline(model: str, device):
         where = "" if os.path.isdir(model) else " (no such local folder, so it was tried as a Hub repo id)"
         raise SystemExit(f"semflow: could not load the model {model!r}{where}: {type(e).__name__}: {e}")
     pipe.set_progress_bar_config(disable=True)
+    pipe.unet.to(memory_format=torch.channels_last)  # faster convolutions, same outputs (see space/model.py)
     return pipe.to(device)
 
 

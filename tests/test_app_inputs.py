@@ -240,3 +240,23 @@ def test_shipped_checkpoint_runs_in_the_app():
     assert seg.labels.shape == (360, 480)
     images = model.synthesize(draw_street(1), 2, 0.05, 1, 0)
     assert images[0].size == (480, 360)
+
+
+@pytest.mark.skipif(not (ROOT / "checkpoints" / "semflow-camvid").is_dir(),
+                    reason="checkpoints/semflow-camvid not shipped yet (training issue)")
+def test_app_runs_the_unet_channels_last_with_the_same_labels():
+    """The app keeps the UNet's weights channels_last (faster oneDNN convolutions on CPU) and that must not change
+    what it answers: the same labels as the weights in the default memory format."""
+    import torch
+
+    from space import SpaceModel
+
+    fast = SpaceModel(str(ROOT / "checkpoints" / "semflow-camvid"))
+    assert fast.pipe.unet.encoder.stem.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not fast.pipe.unet.encoder.stem.weight.is_contiguous()
+    plain = SpaceModel(str(ROOT / "checkpoints" / "semflow-camvid"))
+    plain.pipe.unet.to(memory_format=torch.contiguous_format)
+    photo = Image.open(ROOT / "space" / "examples" / "photo_0.png").convert("RGB")
+    a, b = fast.segment(photo, 1), plain.segment(photo, 1)
+    assert (a.labels == b.labels).mean() > 0.999
+    assert np.abs(a.confidence - b.confidence).max() < 1e-3

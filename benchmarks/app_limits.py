@@ -32,6 +32,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 
@@ -43,15 +44,21 @@ TARGET_MB = 2048
 DISK_TARGET_MB = 100
 
 
-def _du_mb(root: str) -> float:
-    """Bytes on disk under ``root`` (allocated blocks, as ``du``), in MB."""
+def _du_mb(root: str, by_folder: Optional[dict] = None) -> float:
+    """Bytes on disk under ``root`` (allocated blocks, as ``du``), in MB; ``by_folder`` gets MB per first-level
+    folder (gradio's upload folders together as ``<uploads>``), to say where a peak came from."""
     total = 0
     for d, dirs, files in os.walk(root):
+        rel = os.path.relpath(d, root).split(os.sep)
+        key = "<uploads>" if len(rel) > 1 and len(rel[1]) == 64 else "/".join(rel[:2])
         for name in dirs + files:
             try:
-                total += os.lstat(os.path.join(d, name)).st_blocks * 512
+                size = os.lstat(os.path.join(d, name)).st_blocks * 512
             except OSError:
-                pass
+                continue
+            total += size
+            if by_folder is not None:
+                by_folder[key] = by_folder.get(key, 0) + size / 2**20
     return total / 2**20
 
 
@@ -59,14 +66,17 @@ class DiskPeak:
     """Samples the server's temporary folder every 0.2 s while a ``with`` block runs; ``peak`` and ``after`` in MB."""
 
     def __init__(self, root: str):
-        self.root, self.peak, self.after = root, 0.0, 0.0
+        self.root, self.peak, self.after, self.peak_folders = root, 0.0, 0.0, {}
 
     def __enter__(self):
         self._stop = threading.Event()
 
         def loop():
             while not self._stop.is_set():
-                self.peak = max(self.peak, _du_mb(self.root))
+                folders: dict = {}
+                size = _du_mb(self.root, folders)
+                if size > self.peak:
+                    self.peak, self.peak_folders = size, {k: round(v, 1) for k, v in folders.items() if v >= 0.1}
                 self._stop.wait(0.2)
 
         self._thread = threading.Thread(target=loop, daemon=True)
@@ -130,8 +140,9 @@ def _call(url: str, endpoint: str, data: list, session=None) -> str:
     return events[-1] if events else "none"
 
 
-def make_inputs(tmp: Path, megapixels: float) -> dict[str, Path]:
-    """The largest uploads the limits allow (files that compress well enough to stay under 25 MB)."""
+def make_inputs(tmp: Path, megapixels: float, canvas_megapixels: float) -> dict[str, Path]:
+    """The largest uploads the limits allow (files that compress well enough to stay under 25 MB); the canvas's
+    images at ``canvas_megapixels`` each (three of them: background, layer, composite)."""
     from PIL import Image
 
     sys.path.insert(0, ROOT)
@@ -156,13 +167,18 @@ def make_inputs(tmp: Path, megapixels: float) -> dict[str, Path]:
     out["mask_ids"] = tmp / "mask_ids.png"
     Image.fromarray(rgb).save(tmp / "mask_rgb.png")
     out["mask_rgb"] = tmp / "mask_rgb.png"
-    layer = np.zeros(ids.shape + (4,), np.uint8)
-    layer[h // 2:, :, :3] = CAMVID_COLORS[3]
-    layer[h // 2:, :, 3] = 255
+    cw = int((canvas_megapixels * 1e6 * 4 / 3) ** 0.5)
+    ch = int(canvas_megapixels * 1e6 // cw)
+    layer = np.zeros((ch, cw, 4), np.uint8)
+    layer[ch // 2:, :, :3] = CAMVID_COLORS[3]
+    layer[ch // 2:, :, 3] = 255
     Image.fromarray(layer, "RGBA").save(tmp / "layer.png")
     out["layer"] = tmp / "layer.png"
-    Image.fromarray(rgba, "RGBA").save(tmp / "background.png")
+    Image.fromarray(rgba, "RGBA").resize((cw, ch), Image.NEAREST).save(tmp / "background.png")
     out["background"] = tmp / "background.png"
+    # Issue 18 item 1: one small transparent PNG, named many times in a canvas's layers.
+    Image.new("RGBA", (1024, 1024)).save(tmp / "clear_layer.png")
+    out["clear_layer"] = tmp / "clear_layer.png"
     for k, v in out.items():
         size = v.stat().st_size
         assert size <= 25 * 2**20, f"{k} is {size / 2**20:.1f} MB, over the upload limit"
@@ -190,6 +206,7 @@ def main() -> None:
         model = tempfile.mkdtemp(prefix="semflow-tiny-")
         tiny_pixel_pipeline(resolution=32).save_pretrained(model)
     sys.path.insert(0, ROOT)
+    from space.uploads import MAX_EDITOR_PIXELS
     from space.ui import (MAX_DISK_BYTES, MAX_FLOW_STEPS, MAX_PIXELS, MAX_SAMPLES, MAX_SESSIONS, MAX_STEPS,
                           MAX_SYNTHESIS_CALLS, MAX_UPLOAD_BYTES)
 
@@ -198,7 +215,8 @@ def main() -> None:
     steps = 2 if args.quick else MAX_STEPS
     syn_steps = MAX_SYNTHESIS_CALLS // MAX_SAMPLES  # 12 steps x 8 samples = 96 calls
     tmp = Path(tempfile.mkdtemp(prefix="semflow-limits-"))
-    inputs = make_inputs(tmp, mp)
+    canvas_mp = min(mp, MAX_EDITOR_PIXELS / 1e6 / 3 * 0.999)  # background + layer + composite within the limit
+    inputs = make_inputs(tmp, mp, canvas_mp)
 
     import socket
 
@@ -221,32 +239,44 @@ def main() -> None:
         idle = _status(proc.pid, "VmRSS")
         f = lambda k: handle_file(str(inputs[k]))  # noqa: E731
 
-        def editor(bg, layer):
-            return {"background": f(bg) if bg else None, "layers": [f(layer)], "composite": f(layer), "id": None}
+        def editor(bg, layer, n_layers=1):
+            return {"background": f(bg) if bg else None, "layers": [f(layer)] * n_layers, "composite": f(layer),
+                    "id": None}
 
         cases = [
-            ("/segment", "RGBA PNG photo", lambda: client.predict(f("photo_rgba"), steps, 0.5, api_name="/segment")),
-            ("/segment", "palette PNG photo with transparency",
+            ("/segment", f"{mp:.0f} MP RGBA PNG photo",
+             lambda: client.predict(f("photo_rgba"), steps, 0.5, api_name="/segment")),
+            ("/segment", f"{mp:.0f} MP palette PNG photo with transparency",
              lambda: client.predict(f("photo_palette_transparent"), steps, 0.5, api_name="/segment")),
-            ("/segment", "16-bit grayscale photo", lambda: client.predict(f("photo_16bit"), steps, 0.5,
-                                                                          api_name="/segment")),
-            ("/edit_predict", "RGBA PNG photo", lambda: client.predict(f("photo_rgba"), steps, api_name="/edit_predict")),
-            ("/flow", f"RGBA PNG photo, {MAX_FLOW_STEPS if not args.quick else 2} steps",
+            ("/segment", f"{mp:.0f} MP 16-bit grayscale photo",
+             lambda: client.predict(f("photo_16bit"), steps, 0.5, api_name="/segment")),
+            ("/edit_predict", f"{mp:.0f} MP RGBA PNG photo",
+             lambda: client.predict(f("photo_rgba"), steps, api_name="/edit_predict")),
+            ("/flow", f"{mp:.0f} MP RGBA PNG photo, {MAX_FLOW_STEPS if not args.quick else 2} steps",
              lambda: client.predict(f("photo_rgba"), MAX_FLOW_STEPS if not args.quick else 2, api_name="/flow")),
-            ("/synthesize", f"label-id PNG, {MAX_SAMPLES} samples x {syn_steps} steps",
+            ("/synthesize", f"{mp:.0f} MP label-id PNG, {MAX_SAMPLES} samples x {syn_steps} steps",
              lambda: client.predict(f("mask_ids"), syn_steps if not args.quick else 1, 0.05, 0, MAX_SAMPLES,
                                     api_name="/synthesize")),
-            ("/synthesize", f"colour PNG, {MAX_SAMPLES} samples x {syn_steps} steps",
+            ("/synthesize", f"{mp:.0f} MP colour PNG, {MAX_SAMPLES} samples x {syn_steps} steps",
              lambda: client.predict(f("mask_rgb"), syn_steps if not args.quick else 1, 0.05, 0, MAX_SAMPLES,
                                     api_name="/synthesize")),
-            ("/synthesize", f"label-id PNG, 4 samples x {MAX_STEPS} steps",
+            ("/synthesize", f"{mp:.0f} MP label-id PNG, 4 samples x {MAX_STEPS} steps",
              lambda: client.predict(f("mask_ids"), steps, 0.05, 0, 4, api_name="/synthesize")),
-            ("/synthesize_canvas", f"RGBA background + layer + composite, {MAX_SAMPLES} samples",
+            ("/synthesize_canvas", f"3 x {canvas_mp:.1f} MP RGBA background + layer + composite, "
+                                   f"{MAX_SAMPLES} samples",
              lambda: client.predict(editor("background", "layer"), 1, syn_steps if not args.quick else 1, 0.05, 0,
                                     MAX_SAMPLES, api_name="/synthesize_canvas")),
-            ("/edit_synthesize", f"RGBA background + layer + composite, {MAX_SAMPLES} samples",
+            ("/edit_synthesize", f"3 x {canvas_mp:.1f} MP RGBA background + layer + composite, "
+                                 f"{MAX_SAMPLES} samples",
              lambda: client.predict(editor("background", "layer"), syn_steps if not args.quick else 1, 0.05, 0,
                                     MAX_SAMPLES, api_name="/edit_synthesize")),
+            # Attacks (refusals expected): issue 18 item 1, one 1 MP transparent PNG named 400 times as layers.
+            ("/synthesize_canvas", "400 layers naming one 1 MP transparent PNG",
+             lambda: client.predict(editor("background", "clear_layer", 400), 1, 1, 0.05, 0, 1,
+                                    api_name="/synthesize_canvas")),
+            ("/edit_synthesize", "400 layers naming one 1 MP transparent PNG",
+             lambda: client.predict(editor("background", "clear_layer", 400), 1, 0.05, 0, 1,
+                                    api_name="/edit_synthesize")),
         ]
         rows, results = [], []
         disk_root = server_tmp
@@ -269,14 +299,15 @@ def main() -> None:
             after = _status(proc.pid, "VmRSS")
             r = {"endpoint": label, "request": what, "seconds": round(dt, 2), "rss_before_mb": round(base, 1),
                  "peak_rss_mb": round(peak, 1), "rss_after_mb": round(after, 1), "disk_peak_mb": round(disk.peak, 1),
-                 "disk_after_mb": round(disk.after, 1), "error": error, "detail": detail}
+                 "disk_after_mb": round(disk.after, 1), "disk_peak_folders_mb": disk.peak_folders, "error": error,
+                 "detail": detail}
             rows.append([label, what, f"{dt:.1f}", f"{base:.0f}", f"**{peak:.0f}**", f"{after:.0f}",
                          f"{disk.peak:.1f}", f"{disk.after:.1f}", error or detail or "ok"])
             print(rows[-1], flush=True)
             return r
 
         for endpoint, what, fn in cases[:1] if args.first_case_only else cases:
-            results.append(measure(endpoint, f"{mp:.0f} MP {what}", fn))
+            results.append(measure(endpoint, what, fn))
 
         # Four of the worst requests at once (the app runs two model requests at a time; the queue holds the rest).
         worst = max((r for r in results if not r["error"]), key=lambda r: r["peak_rss_mb"])

@@ -75,8 +75,8 @@ class SpaceModel:
             self.source = getattr(getattr(model, "config", None), "_name_or_path", None) or "in-memory pipeline"
             pipe = model
         pipe.set_progress_bar_config(disable=True)  # the UI shows its own progress; keep the server log clean
-        # oneDNN's convolutions run ~16% faster with channels_last weights on CPU (same outputs to ~1e-5);
-        # benchmarks/results/inference_v4_channels_last.md.
+        # oneDNN's convolutions are faster with channels_last weights on CPU (7-10% per request in paired runs,
+        # same labels): benchmarks/memory_format.py.
         pipe.unet.to(memory_format=torch.channels_last)
         self.pipe = pipe
         self.name = display_name(self.source)

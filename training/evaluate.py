@@ -55,7 +55,7 @@ def load_model(path: str, device: Optional[str] = None, dtype: Optional[str] = N
             return "baseline", BaselineSegmenter.from_pretrained(local)
         path = local
     from semflow_pipeline import SemFlowPipeline
-    pipe = SemFlowPipeline.from_pretrained(path, **({"torch_dtype": getattr(torch, dtype)} if dtype else {}))
+    pipe = SemFlowPipeline.from_pretrained(path, **({"dtype": getattr(torch, dtype)} if dtype else {}))
     if device:
         pipe.to(device)
     pipe.set_progress_bar_config(disable=True)

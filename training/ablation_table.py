@@ -26,22 +26,30 @@ def describe(cfg):
     return f"{cfg['prediction_type']} + {cfg['palette']} + {t}{extra}"
 
 
+def read_run(run):
+    """-> (result.json, eval.json, eval_synth.json's synthesis rows or None) of a finished run folder."""
+    def load(name):
+        with open(os.path.join(run, name)) as f:
+            return json.load(f)
+
+    synth = load("eval_synth.json")["synthesis"] if os.path.isfile(os.path.join(run, "eval_synth.json")) else None
+    return load("result.json"), load("eval.json"), synth
+
+
 def main(runs):
     lines = ["| run | objective | steps | val mIoU 1 step | 2 steps | 5 steps | synth mIoU / ratio (β=0.05, 1 step) | "
              "synth mIoU / ratio (β=0.05, 5 steps) | diversity β=0.05 / 0.2 | wall time |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        cfg = yaml.safe_load(open(os.path.join(r, "config.yaml")))
-        res = json.load(open(os.path.join(r, "result.json")))
-        ev = json.load(open(os.path.join(r, "eval.json")))
+        with open(os.path.join(r, "config.yaml")) as f:
+            cfg = yaml.safe_load(f)
+        res, ev, rows = read_run(r)
         seg = {row["name"]: row["miou"] for row in ev["segmentation"]}
         m = [seg.get(f"SemFlow {s} step{'s' if s > 1 else ''}") for s in (1, 2, 5)]
         if ev["kind"] == "baseline":
             m = [ev["segmentation"][0]["miou"], None, None]
         syn = ["-", "-", "-"]
-        sp = os.path.join(r, "eval_synth.json")
-        if os.path.isfile(sp):
-            rows = json.load(open(sp))["synthesis"]
+        if rows:
             pick = {(x["steps"], x["perturbation"]): x for x in rows}
             f = lambda x: f"{x['synth_miou']:.3f} / {x['ratio']:.2f}" if x else "-"
             syn[0] = f(pick.get((1, 0.05)))
@@ -62,15 +70,13 @@ def generative_table(runs):
              "| layout fidelity | sharpness ratio | blurred two-seed abs diff | KID (Lite0) | patch C2ST |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
-        res = json.load(open(os.path.join(r, "result.json")))
-        ev = json.load(open(os.path.join(r, "eval.json")))
+        res, ev, rows = read_run(r)
         seg = ev["segmentation"][0]
         names = ev["class_names"]
         rare = " / ".join(f"{seg['iou'][names.index(n)]:.2f}" for n in RARE if n in names)
         syn = ["-"] * 6
-        sp = os.path.join(r, "eval_synth.json")
-        if os.path.isfile(sp):
-            x = json.load(open(sp))["synthesis"][0]
+        if rows:
+            x = rows[0]
             syn = [str(x["steps"]), f"{x['ratio']:.2f}", f"{x['sharpness_ratio']:.2f}", f"{x['diversity_blur4']:.3f}",
                    f"{x['kid_lite0']:.3f}", f"{x['c2st']:.3f}"]
         lines.append(f"| {os.path.basename(r.rstrip('/'))} | {res['steps']} | {res['wall_time_s'] / 60:.1f} min | "

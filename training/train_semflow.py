@@ -41,6 +41,7 @@ for p in (ROOT, HERE):
 from training.adversarial import FeatureDiscriminator, discriminator_loss, generator_loss  # noqa: E402
 from training.baseline import BaselineSegmenter, build_unet, forward_logits  # noqa: E402
 from training.data import CAMVID_COLORS, AugmentConfig, build_dataset  # noqa: E402
+from training.distill import distill_loss, layout_loss, load_teacher, teacher_logits  # noqa: E402
 
 DEFAULTS: Dict[str, Any] = {
     # data
@@ -62,6 +63,11 @@ DEFAULTS: Dict[str, Any] = {
     "perceptual_weight": 0.0,  # frozen-Lite0 feature distance between the predicted image end and the photo
     # hinge GAN term on the predicted image end (training/adversarial.py), for samples with t >= adversarial_t_min
     "adversarial_weight": 0.0, "adversarial_t_min": 0.05, "discriminator_lr": 2e-4, "discriminator_width": 64,
+    # a frozen CE segmenter folder (training/distill.py): distil its soft labels into the mask head, and/or
+    # ask it to find the mask's layout in the predicted image end (samples with t >= layout_t_min)
+    # (distillation only on samples with t <= distill_t_max: 0 = the segmentation end alone)
+    "teacher": None, "distill_weight": 0.0, "distill_temperature": 2.0, "distill_t_max": 1.0,
+    "layout_weight": 0.0, "layout_t_min": 0.05,
     # optimisation
     "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
     "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "auto", "seed": 0,
@@ -280,7 +286,7 @@ def class_weights(dataset, num_classes: int, ignore_index: Optional[int], power:
 
 # ------------------------------------------------------------------------------------------------- loss
 def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_weight=None, disc=None,
-                 critic_inputs=None) -> torch.Tensor:
+                 critic_inputs=None, teacher=None) -> torch.Tensor:
     """``model``: the accelerate-prepared UNet (DDP/autocast), run through ``pipe.predict(..., unet=model)``.
 
     MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W).
@@ -306,17 +312,27 @@ def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_we
         mask_err = (err[:, :c] * valid).sum() / (valid.sum() * c).clamp_min(1)
         w = float(cfg["mask_loss_weight"])
         loss = (w * mask_err + err[:, c:].mean()) / (w + 1)
+        # Auxiliary terms on the predicted mask end's class channels (read as logits x scale).
+        logits = pred[:, :c][:, pipe.codec.class_channels] * float(cfg["mask_ce_scale"])
         if float(cfg["mask_ce_weight"]) > 0 and pipe.vae is None:
-            # Auxiliary cross-entropy on the predicted mask end's class channels (read as logits x scale):
             # MSE alone gives rare classes too little pull (see the ablation); near the anchors this term
             # saturates, so the mask head still lands on the anchors the ODE and the decoder expect.
-            logits = pred[:, :c][:, pipe.codec.class_channels] * float(cfg["mask_ce_scale"])
             ce = F.cross_entropy(logits.float(), labels, weight=ce_weight, ignore_index=ignore)
             loss = loss + float(cfg["mask_ce_weight"]) * ce
+        image_hat = pipe.codec.image_from_state(pred[:, c:]).float()  # (N,3,h,w) predicted image end
+        if teacher is not None:
+            sel = t >= float(cfg["layout_t_min"])  # near t=0 the image end is the input photo: nothing to learn
+            use_layout = float(cfg["layout_weight"]) > 0 and bool(sel.any())
+            t_real, t_synth = teacher_logits(teacher, images, image_hat[sel] if use_layout else None)
+            near = t <= float(cfg["distill_t_max"])  # soft labels off the anchors also move the synthesis ODE
+            if float(cfg["distill_weight"]) > 0 and bool(near.any()):
+                kd = distill_loss(logits[near], t_real[near], float(cfg["distill_temperature"]))
+                loss = loss + float(cfg["distill_weight"]) * kd * near.float().mean()  # per-sample mean over the batch
+            if use_layout:
+                loss = loss + float(cfg["layout_weight"]) * layout_loss(t_synth, labels[sel], ignore, ce_weight)
         if perceptual is not None and (float(cfg["perceptual_weight"]) > 0 or disc is not None):
             # The predicted image end against the photo in pretrained feature space: MSE alone learns the blurred
             # conditional mean, whose residue stays in the samples as grain (2-RF++ replaces MSE by LPIPS).
-            image_hat = pipe.codec.image_from_state(pred[:, c:]).float()
             fp = perceptual.features(image_hat)
             with torch.no_grad():
                 ft = perceptual.features(images.float())
@@ -940,6 +956,13 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         disc = FeatureDiscriminator(perceptual.net.out_channels, k, int(cfg["discriminator_width"]))
         # The usual GAN optimiser settings (beta1 = 0): the critic must follow a moving generator.
         d_optimizer = torch.optim.Adam(disc.parameters(), lr=float(cfg["discriminator_lr"]), betas=(0.0, 0.99))
+    teacher = None
+    if pipe is not None and cfg["teacher"] and (float(cfg["distill_weight"]) > 0 or float(cfg["layout_weight"]) > 0):
+        if pipe.vae is not None:
+            raise SystemExit("teacher terms need pixel mode (the teacher reads the predicted photo)")
+        teacher = load_teacher(cfg["teacher"], accelerator.device)
+        if teacher.num_classes != k:
+            raise SystemExit(f"teacher {cfg['teacher']} has {teacher.num_classes} classes; this dataset has {k}")
     if pipe is not None:
         ce_weight = class_weights(train_ds, k, ignore, float(cfg["mask_ce_class_balance"]))
         if ce_weight is not None:
@@ -1045,7 +1068,7 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         critic_inputs = {}
         with accelerator.autocast():
             if pipe is not None:
-                loss = semflow_loss(pipe, batch, cfg, gen, model, perceptual, ce_weight, disc, critic_inputs)
+                loss = semflow_loss(pipe, batch, cfg, gen, model, perceptual, ce_weight, disc, critic_inputs, teacher)
             else:
                 loss = ce_loss(model, batch, cfg, ignore)
         accelerator.backward(loss)

@@ -58,6 +58,8 @@ def test_layout_gradient_reaches_the_predicted_photo_and_never_the_teacher(teach
     assert all(p.grad is None for p in teacher.unet.parameters())
     only_real, none = teacher_logits(teacher, photos, None)
     assert none is None and torch.allclose(only_real, on_real, atol=1e-5)
+    none, only_synth = teacher_logits(teacher, None, image_hat)
+    assert none is None and torch.allclose(only_synth, on_synth, atol=1e-5)
 
 
 def test_fine_tune_with_the_teacher_trains_and_the_teacher_changes_the_result(toy_root, teacher_dir, tmp_path):

@@ -29,14 +29,17 @@ def load_teacher(path: str, device) -> BaselineSegmenter:
     return teacher
 
 
-def teacher_logits(teacher: BaselineSegmenter, photos: torch.Tensor,
-                   image_hat: Optional[torch.Tensor]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+def teacher_logits(teacher: BaselineSegmenter, photos: Optional[torch.Tensor],
+                   image_hat: Optional[torch.Tensor]) -> Tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
     """One teacher batch for both terms: photos ``(N, 3, H, W)`` (no gradient) and the predicted image ends
-    ``(M, 3, H, W)`` (gradient to the input), both in [-1, 1] -> logits ``(N, K, H, W)``, ``(M, K, H, W)``."""
-    x = photos.float() if image_hat is None else torch.cat([photos.float(), image_hat.float()])
-    logits = teacher.logits(x).float()
-    n = photos.shape[0]
-    return logits[:n].detach(), (logits[n:] if image_hat is not None else None)
+    ``(M, 3, H, W)`` (gradient to the input), both in [-1, 1] -> logits ``(N, K, H, W)``, ``(M, K, H, W)``.
+    A term that is off passes None and gets None: the teacher runs only on what a term reads."""
+    parts = [x.float() for x in (photos, image_hat) if x is not None]
+    if not parts:
+        return None, None
+    logits = teacher.logits(torch.cat(parts)).float()
+    n = photos.shape[0] if photos is not None else 0
+    return (logits[:n].detach() if photos is not None else None), (logits[n:] if image_hat is not None else None)
 
 
 def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

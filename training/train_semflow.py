@@ -319,14 +319,17 @@ def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_we
             # saturates, so the mask head still lands on the anchors the ODE and the decoder expect.
             ce = F.cross_entropy(logits.float(), labels, weight=ce_weight, ignore_index=ignore)
             loss = loss + float(cfg["mask_ce_weight"]) * ce
-        image_hat = pipe.codec.image_from_state(pred[:, c:]).float()  # (N,3,h,w) predicted image end
+        if teacher is not None or perceptual is not None:
+            image_hat = pipe.codec.image_from_state(pred[:, c:]).float()  # (N,3,h,w) predicted image end
         if teacher is not None:
             sel = t >= float(cfg["layout_t_min"])  # near t=0 the image end is the input photo: nothing to learn
             use_layout = float(cfg["layout_weight"]) > 0 and bool(sel.any())
-            t_real, t_synth = teacher_logits(teacher, images, image_hat[sel] if use_layout else None)
             near = t <= float(cfg["distill_t_max"])  # soft labels off the anchors also move the synthesis ODE
-            if float(cfg["distill_weight"]) > 0 and bool(near.any()):
-                kd = distill_loss(logits[near], t_real[near], float(cfg["distill_temperature"]))
+            use_kd = float(cfg["distill_weight"]) > 0 and bool(near.any())
+            t_real, t_synth = teacher_logits(teacher, images[near] if use_kd else None,
+                                             image_hat[sel] if use_layout else None)
+            if use_kd:
+                kd = distill_loss(logits[near], t_real, float(cfg["distill_temperature"]))
                 loss = loss + float(cfg["distill_weight"]) * kd * near.float().mean()  # per-sample mean over the batch
             if use_layout:
                 loss = loss + float(cfg["layout_weight"]) * layout_loss(t_synth, labels[sel], ignore, ce_weight)

@@ -271,3 +271,35 @@ def test_a_step_after_the_last_timestep_is_a_clear_error(solver, direction):
         s.step(v, s.timesteps[0], x)
     s.set_timesteps(2, direction=direction)  # a new integration starts
     assert s.step(v, s.timesteps[0], x).prev_sample.shape == x.shape
+
+
+def test_stochastic_sampling_restarts_each_synthesis_step_from_the_predicted_image_and_fresh_noise():
+    image_hat, mask_hat = torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6)
+    out = torch.cat([mask_hat, image_hat], 1)
+    s = SemFlowScheduler(prediction_type="endpoints", stochastic_sampling=True)
+    s.set_timesteps(4, direction="synthesize")  # t: 1, 0.75, 0.5, 0.25 -> 0
+    x, noise = torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6)
+    x = s.step(out, s.timesteps[0], x, noise=noise).prev_sample
+    torch.testing.assert_close(x, 0.25 * image_hat + 0.75 * noise)
+    # Without the flag the same step keeps the state's own noise: a different state.
+    d = SemFlowScheduler(prediction_type="endpoints")
+    d.set_timesteps(4, direction="synthesize")
+    assert not torch.allclose(d.step(out, d.timesteps[0], torch.randn(1, 4, 6, 6)).prev_sample, x)
+    with pytest.raises(ValueError, match="noise"):
+        s.step(out, s.timesteps[1], x)  # a middle step needs its fresh draw
+    with pytest.raises(ValueError, match="shape"):
+        s.step(out, s.timesteps[1], x, noise=torch.randn(1, 4, 3, 3))
+    for t in s.timesteps[1:3]:
+        x = s.step(out, t, x, noise=noise).prev_sample
+    torch.testing.assert_close(s.step(out, s.timesteps[3], x).prev_sample, image_hat)  # the last lands on image_hat
+
+
+def test_stochastic_sampling_leaves_segmentation_deterministic_and_needs_endpoints_euler():
+    image, mask = torch.randn(1, 4, 6, 6), torch.randn(1, 4, 6, 6)
+    oracle = lambda x, t: torch.cat([mask, image], 1)  # noqa: E731
+    s = SemFlowScheduler(prediction_type="endpoints", stochastic_sampling=True)
+    torch.testing.assert_close(integrate(s, oracle, image.clone(), 3, "segment"), mask)
+    with pytest.raises(ValueError, match="endpoints"):
+        SemFlowScheduler(stochastic_sampling=True)
+    with pytest.raises(ValueError, match="euler"):
+        SemFlowScheduler(prediction_type="endpoints", solver="heun", stochastic_sampling=True)

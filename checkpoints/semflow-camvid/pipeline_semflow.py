@@ -322,11 +322,14 @@ class SemFlowPipeline(DiffusionPipeline):
         direction: str,
         callback_on_step_end: Optional[Callable] = None,
         callback_on_step_end_tensor_inputs: Optional[list] = None,
+        draw_mask_end: Optional[Callable[[], torch.Tensor]] = None,
     ) -> torch.Tensor:
         """The SemFlow ODE: Euler/Heun from t=0 to 1 (``"segment"``) or from t=1 to 0 (``"synthesize"``).
 
         Args:
             state: ``(N, C, h, w)`` the start state (image end or perturbed mask end).
+            draw_mask_end: returns a fresh ``(N, C, h, w)`` draw of the start (mask end) state; a synthesis with
+                the scheduler's ``stochastic_sampling`` calls it once per step for the step's new noise.
             callback_on_step_end: diffusers-style ``fn(pipe, i, timestep, callback_kwargs) -> dict`` (or a
                 ``PipelineCallback``), called after every network call (e.g. to record the trajectory);
                 ``callback_kwargs`` holds the tensors named in ``callback_on_step_end_tensor_inputs`` (only
@@ -340,11 +343,15 @@ class SemFlowPipeline(DiffusionPipeline):
         self._num_timesteps = len(self.scheduler.timesteps)
         cond = self.encode_empty_prompt(state.device) if self._is_conditional else None
         last = len(self.scheduler.timesteps) - 1
+        stochastic = direction == "synthesize" and self.scheduler.config.get("stochastic_sampling", False)
+        if stochastic and draw_mask_end is None:
+            raise ValueError("The scheduler has stochastic_sampling=True: a synthesis needs `draw_mask_end`.")
         for i, t in enumerate(self.progress_bar(self.scheduler.timesteps)):
             model_output = self.predict(self.scheduler.scale_model_input(state, t), t, cond)
             if i < last:  # the last call stays raw: it is the answer (1-step results are unchanged)
                 model_output = self.clip_mask_end(model_output)
-            state = self.scheduler.step(model_output, t, state).prev_sample
+            noise = draw_mask_end() if stochastic and i < last else None  # the last step lands on image_hat
+            state = self.scheduler.step(model_output, t, state, noise=noise).prev_sample
             if callback_on_step_end is not None:
                 local = {"latents": state}
                 callback_kwargs = {k: local[k] for k in callback_on_step_end_tensor_inputs}
@@ -685,8 +692,11 @@ class SemFlowPipeline(DiffusionPipeline):
                 anchor = F.interpolate(anchor, size=size, mode="area")
             anchor = anchor.repeat(n, 1, 1, 1)
             g = generator[k * n : (k + 1) * n] if isinstance(generator, (list, tuple)) else generator
-            start = self.mask_to_state(self.codec.mask_end(anchor, float(perturbation), g))
-            state = self.integrate(start, steps, "synthesize", callback_on_step_end, callback_on_step_end_tensor_inputs)
+            def draw_mask_end(anchor=anchor, g=g):
+                return self.mask_to_state(self.codec.mask_end(anchor, float(perturbation), g))
+
+            state = self.integrate(draw_mask_end(), steps, "synthesize", callback_on_step_end,
+                                   callback_on_step_end_tensor_inputs, draw_mask_end)
             if output_type == "latent":
                 states.append(state)
                 continue

@@ -40,6 +40,13 @@ must run in the integration's ``direction``:
   calls (``N = 7`` gives 8), and so does this one. Where ``N`` divides ``T`` it is ``"linspace"`` up to float
   rounding. Euler only.
 
+``stochastic_sampling`` (config, synthesis only; diffusers' ``FlowMatchEulerDiscreteScheduler`` has the same flag):
+every Euler step of a synthesis moves to the predicted image end and back out along a *fresh* draw of the mask end,
+``x_{t'} = (1 - t') * image_hat + t' * noise``, instead of along the mask end that the current state implies. The
+pipeline passes that draw to ``step`` as ``noise`` (only it knows which channels hold noise and which the mask). Each
+step then forgets part of the start's noise and samples new detail: more varied samples. Segmentation ignores the
+flag and stays deterministic.
+
 ``step`` finds its place in the schedule from its ``timestep`` argument (like diffusers' ``index_for_timestep``); the
 internal counter ``step_index`` is only a fast path and tells Heun's two calls at the same time apart.
 """
@@ -93,6 +100,8 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
         prediction_type: ``"velocity"`` or ``"endpoints"`` (see the module docstring).
         solver: ``"euler"`` (one network call per step) or ``"heun"`` (second order, two calls per step).
         timestep_spacing: ``"linspace"`` or ``"official"`` (the authors' integer grid; see the module docstring).
+        stochastic_sampling: re-draw the mask end's noise at every synthesis step (see the module docstring);
+            needs ``prediction_type="endpoints"`` and the Euler solver.
 
     ``step`` computes in float32 (float64 stays float64) and returns the state in the dtype of its ``sample``, so a
     bf16/fp16 network may feed an fp32 state.
@@ -103,7 +112,7 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
 
     @register_to_config
     def __init__(self, num_train_timesteps: int = 1000, prediction_type: str = "velocity", solver: str = "euler",
-                 timestep_spacing: str = "linspace"):
+                 timestep_spacing: str = "linspace", stochastic_sampling: bool = False):
         if prediction_type not in ("velocity", "endpoints"):
             raise ValueError(f"prediction_type must be 'velocity' or 'endpoints', got {prediction_type!r}.")
         if solver not in ("euler", "heun"):
@@ -112,6 +121,9 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
             raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}.")
         if timestep_spacing == "official" and solver != "euler":
             raise ValueError("timestep_spacing='official' is the authors' Euler loop; use solver='euler'.")
+        if stochastic_sampling and (prediction_type != "endpoints" or solver != "euler"):
+            raise ValueError("stochastic_sampling needs prediction_type='endpoints' (a predicted image end to restart "
+                             "from) and solver='euler'.")
         self.order = 2 if solver == "heun" else 1
         self.init_noise_sigma = 1.0  # the ODE starts from data, never from scaled noise
         self.num_inference_steps: Optional[int] = None
@@ -391,8 +403,12 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
         timestep: Union[float, torch.Tensor],
         sample: torch.Tensor,
         return_dict: bool = True,
+        noise: Optional[torch.Tensor] = None,
     ) -> Union[SemFlowSchedulerOutput, tuple]:
         """One network call's update of the state ``sample`` ``(N, C, H, W)``.
+
+        ``noise`` ``(N, C, H, W)``: with ``stochastic_sampling``, a fresh draw of the mask end (t = 1) for a synthesis
+        step; the state moves to ``(1 - t') * image_hat + t' * noise``. Required there, ignored everywhere else.
 
         ``timestep`` must be one of ``timesteps``: it says where in the schedule this call is. The update is
         computed in float32 and returned in ``sample``'s dtype. After the last call of the schedule the integration
@@ -419,7 +435,18 @@ class SemFlowScheduler(SchedulerMixin, ConfigMixin):
         knot = i if self.config.solver == "euler" else i // 2
         dt = (self.time_grid[knot + 1] - self.time_grid[knot]).to(state.device)
 
-        if self.config.solver == "euler":
+        next_t = float(self.time_grid[knot + 1])
+        stochastic = self.config.stochastic_sampling and not forward and next_t > 0  # the last step lands on image_hat
+        if stochastic and noise is None:
+            raise ValueError("stochastic_sampling: pass `noise`, a fresh draw of the mask end (the t = 1 state) with "
+                             "the sample's shape, to every synthesis `step` but the last.")
+        if stochastic and tuple(noise.shape) != tuple(sample.shape):
+            raise ValueError(f"`noise` {tuple(noise.shape)} must have the sample's shape {tuple(sample.shape)}.")
+
+        if stochastic:
+            image_hat = output.chunk(2, dim=1)[1]
+            prev_sample = torch.lerp(image_hat, noise.to(compute_dtype), next_t)
+        elif self.config.solver == "euler":
             if self.config.prediction_type == "endpoints" and (1 - t if forward else t) > 1e-4:
                 # The same Euler step written as a move towards the predicted end; lerp lands on it exactly
                 # when the step reaches the end (weight 1), e.g. 1-step segmentation returns mask_hat itself.

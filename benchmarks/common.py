@@ -102,7 +102,8 @@ def load_pipeline(model: str, config: Optional[str] = DEFAULT_TRAIN_CONFIG, solv
     if solver is not None and solver != pipe.scheduler.config.solver:
         from semflow_pipeline import SemFlowScheduler
 
-        sched = SemFlowScheduler.from_config(pipe.scheduler.config, solver=solver)
+        extra = {"stochastic_sampling": False} if solver != "euler" else {}  # stochastic sampling is Euler's only
+        sched = SemFlowScheduler.from_config(pipe.scheduler.config, solver=solver, **extra)
         pipe.scheduler = sched
     if dtype != "float32" or channels_last:
         pipe.unet.to(dtype=getattr(torch, dtype),

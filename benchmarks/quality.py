@@ -48,6 +48,8 @@ def main(argv=None):
     ap.add_argument("--max-images", type=int, default=None, help="only the first N pairs of the split")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--no-synthesis", action="store_true")
+    ap.add_argument("--sampler", choices=["model", "ode", "stochastic"], default="model",
+                    help="synthesis sampler: the model's scheduler setting, the plain ODE, or stochastic sampling")
     ap.add_argument("--segmentation-from", default=None, metavar="EVAL_JSON",
                     help="take the Euler segmentation rows from a training/evaluate.py --json file (e.g. the run's "
                          "eval.json) instead of measuring them again; use with --steps 1 --heun-steps")
@@ -61,12 +63,13 @@ def main(argv=None):
 
     from training.baseline import BaselineSegmenter
     from training.data import build_dataset
-    from training.evaluate import segment_split, synthesis_metrics
+    from training.evaluate import segment_split, set_sampler, synthesis_metrics
 
     model = resolve_model_arg(args.model)
     prec = dict(dtype=args.dtype, channels_last=args.channels_last)
     euler, desc = load_pipeline(model, args.config, solver="euler", **prec)
     heun, _ = load_pipeline(model, args.config, solver="heun", **prec)
+    synth = set_sampler(load_pipeline(model, args.config, solver="euler", **prec)[0], args.sampler)
     ds = build_dataset("camvid", args.data_root, args.split, size=None, preload=True, max_samples=args.max_images)
     k, ignore = len(ds.class_names), ds.ignore_index
     base = BaselineSegmenter.from_pretrained(args.baseline) if os.path.isdir(args.baseline) else None
@@ -74,6 +77,7 @@ def main(argv=None):
     res = {"benchmark": "quality", "machine": machine_info(args.threads), "model": desc,
            "baseline": os.path.relpath(args.baseline, ROOT) if base else None, "split": args.split,
            "num_images": len(ds), "perturbation": args.perturbation, "num_seeds": args.num_seeds,
+           "sampler": args.sampler,
            "quick": args.quick, "segmentation": [], "synthesis": []}
     with torch.inference_mode():
         warm = [ds.raw(0)[0].permute(1, 2, 0).numpy()]  # first calls pay one-off costs: keep them out of s/image
@@ -99,7 +103,7 @@ def main(argv=None):
                                         f"no baseline segmenter at {args.baseline} to score synthesized images")
             print("synthesis skipped:", res["synthesis_skipped"])
         else:
-            for solver, pipe, steps in (("euler", euler, args.synthesis_steps), ("heun", heun, args.synthesis_heun_steps)):
+            for solver, pipe, steps in (("euler", synth, args.synthesis_steps), ("heun", heun, args.synthesis_heun_steps)):
                 rows = synthesis_metrics(pipe, base, ds, [args.perturbation], args.num_seeds, steps,
                                          real_miou=res["baseline_real_miou"], std_images=args.std_images)
                 for r in rows:
@@ -133,6 +137,13 @@ def main(argv=None):
     return res
 
 
+def c2st_cell(row: dict) -> str:
+    """Mean patch C2ST over its fits, with their range when there were several."""
+    runs = row.get("c2st_runs") or []
+    spread = f" ({min(runs):.2f}-{max(runs):.2f})" if len(runs) > 1 else ""
+    return f"{row.get('c2st', float('nan')):.3f}{spread}"
+
+
 def render(res) -> str:
     m = res["machine"]
     out = [f"### Quality vs steps (CamVid {res['split']}, {res['num_images']} images, labels at full resolution)\n\n"
@@ -153,12 +164,12 @@ def render(res) -> str:
                      f"{y['diversity_abs_diff']:.3f}" if y else "-", f"{y['diversity_std']:.3f}" if y else "-",
                      f"{y.get('diversity_blur4', float('nan')):.3f}" if y else "-",
                      f"{y['sharpness_ratio']:.2f}" if y else "-", f"{y['frechet_distance']:.2f}" if y else "-",
-                     f"{y.get('kid_lite0', float('nan')):.4f}" if y else "-", f"{y.get('c2st', float('nan')):.3f}" if y else "-",
+                     f"{y.get('kid_lite0', float('nan')):.4f}" if y else "-", c2st_cell(y) if y else "-",
                      f"{y['sec_per_image']:.3f}" if y else "-"])
     out.append(markdown(rows, ["solver", "steps", "network calls", "segmentation mIoU", "pixel acc", "seg s/image",
                                "baseline mIoU on synthesized", "layout fidelity", "two-seed mean abs diff",
                                "pixel std (4 seeds)", "blurred (r=4) abs diff", "sharpness ratio", "Fréchet distance",
-                               "KID (Lite0)", "patch C2ST", "synth s/image"]))
+                               "KID (Lite0)", "patch C2ST (mean; range of fits)", "synth s/image"]))
     cal = next((r["c2st_calibration"] for r in res["synthesis"] if r.get("c2st_calibration")), None)
     if cal:
         out.append("\nPatch C2ST (held-out accuracy telling each real frame from the other image; 0.5 = "

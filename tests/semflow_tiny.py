@@ -1,6 +1,12 @@
-"""Tiny randomly initialised SemFlow pipelines for tests (seeded, CPU, a few hundred kB)."""
+"""Tiny randomly initialised SemFlow pipelines for tests (seeded, CPU, a few hundred kB), and a tiny CamVid-layout
+dataset for the training tests."""
 
+import os
+from pathlib import Path
+
+import numpy as np
 import torch
+from PIL import Image
 from diffusers import AutoencoderKL, UNet2DConditionModel, UNet2DModel
 
 from semflow_pipeline import AnchorCodec, SemFlowPipeline, SemFlowScheduler
@@ -52,3 +58,24 @@ def tiny_latent_pipeline(seed=0):
     )
     pipe.set_progress_bar_config(disable=True)
     return pipe
+
+
+def make_toy_camvid(root: Path, n: int = 6, h: int = 24, w: int = 32):
+    """CamVid-layout split files; each class paints its region with its own colour (learnable)."""
+    rng = np.random.default_rng(0)
+    palette = rng.integers(0, 256, (11, 3))
+    for split in ("train", "val"):
+        lines = []
+        for i in range(n):
+            lab = np.zeros((h, w), np.uint8)
+            a, b = rng.integers(0, 11, 2)
+            lab[:, : w // 2] = a
+            lab[:, w // 2:] = b
+            lab[: h // 6] = 11  # void
+            img = palette[np.minimum(lab, 10)].astype(np.uint8)
+            os.makedirs(root / split, exist_ok=True)
+            os.makedirs(root / f"{split}annot", exist_ok=True)
+            Image.fromarray(img).save(root / split / f"{i}.png")
+            Image.fromarray(lab).save(root / f"{split}annot" / f"{i}.png")
+            lines.append(f"{split}/{i}.png {split}annot/{i}.png")
+        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")

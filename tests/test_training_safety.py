@@ -18,15 +18,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import training.train_semflow as ts  # noqa: E402
-from test_training_e2e import _args, make_toy_camvid  # noqa: E402
+from test_training_e2e import _args  # noqa: E402
 from test_training_resume import COMMON, _assert_same_weights, _stopped_run, _weights  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy_camvid_safety")
-    make_toy_camvid(root)
-    return root
 
 
 @pytest.fixture(scope="module")

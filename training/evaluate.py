@@ -157,15 +157,15 @@ def synthesis_metrics(pipe, baseline: BaselineSegmenter, ds, perturbations: Sequ
       never saw CamVid);
     - ``diversity_blur4``: two-sample mean |Δ| after a Gaussian blur of radius 4 (diversity that is not grain);
     - ``c2st``: held-out accuracy of a patch classifier telling each real frame from a sample of its own mask
-      (0.5 = indistinguishable), the mean of ``c2st_fits`` fits on other halves of the frames (``c2st_runs``); ``c2st_calibration`` gives the same test for the next real frame, a blur of
-      radius 1 and a 2x down-and-up copy of each frame (computed once per call; ``calibrate=False`` skips it,
-      e.g. for ablation rows on the same images, as it costs three more classifier fits).
+      (0.5 = indistinguishable), the mean of ``c2st_fits`` fits on other halves of the frames (``c2st_runs``);
+      ``c2st_calibration`` gives the same test for the next real frame, a blur of radius 1 and a 2x down-and-up
+      copy of each frame (computed once per call; ``calibrate=False`` skips it, e.g. for ablation rows on the same
+      images, as it costs 3 x ``c2st_fits`` more classifier fits).
     """
     from training.generative_metrics import (Lite0Features, SegmenterFeatures, blurred_abs_diff,
                                              degraded_references, frechet_distance, kernel_inception_distance,
                                              laplacian_variance, mean_abs_diff, patch_c2st, patch_c2st_runs,
-                                             pixel_std,
-                                             summarize_sharpness)
+                                             pixel_std, summarize_sharpness)
 
     k, ignore = len(ds.class_names), ds.ignore_index
     if real_miou is None:

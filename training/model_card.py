@@ -384,6 +384,11 @@ remote code: `from semflow_pipeline import SemFlowPipeline; pipe = SemFlowPipeli
                       + (f" (weight {cfg['perceptual_weight']})" if cfg.get("perceptual_weight") else "") + ".")
         license_text += (f" The trunk's starting weights are {LITE0_SOURCE}; this checkpoint holds them, fine-tuned, "
                          "as safetensors.")
+    if cfg.get("kd_from") and float(cfg.get("kd_weight") or 0) > 0:
+        pretrained += (f"\n- A student of `{cfg['kd_from']}`: its frozen predictions at the same x_t are a target "
+                       f"(MSE, weight {cfg['kd_weight']}, both ends) beside the ground truth; {cfg['layers_per_block']} "
+                       "layer(s) per down block" + (f", the trunk sees the photo at 1/{cfg['trunk_downscale']} size"
+                                                    if int(cfg.get("trunk_downscale") or 1) > 1 else "") + ".")
     citations = PAPER_BIBTEX + ("\n\n" + ds["bibtex"] if ds.get("bibtex") else "")
     text = f"""---
 {card_data.to_yaml()}

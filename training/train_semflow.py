@@ -22,6 +22,7 @@ import json
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import time
@@ -55,6 +56,7 @@ DEFAULTS: Dict[str, Any] = {
     "init_from": None,  # pixel mode: a saved SemFlow pipeline folder whose unet weights start this run (warm start)
     # pixel mode: "efficientnet-lite0" = SemFlowUNet2DModel (ImageNet-pretrained Lite0 trunk on the image channels)
     "image_encoder": None, "feature_channels": 64, "encoder_lr_scale": 1.0,
+    "trunk_downscale": 1,  # the trunk sees the image shrunk by this factor (a faster model; SemFlowUNet2DModel)
     # flow
     "t_sampling": "uniform", "t_zero_prob": 0.0, "t_one_prob": 0.0, "t_beta_alpha": 0.5,
     "coupling": "paper", "coupling_noise_prob": 1.0, "perturbation": 0.05, "mask_ignore_in_loss": True, "mask_loss_weight": 1.0,
@@ -71,6 +73,9 @@ DEFAULTS: Dict[str, Any] = {
     # (distillation only on samples with t <= distill_t_max: 0 = the segmentation end alone)
     "teacher": None, "distill_weight": 0.0, "distill_temperature": 2.0, "distill_t_max": 1.0,
     "layout_weight": 0.0, "layout_t_min": 0.05,
+    # a frozen saved SemFlow pipeline whose UNet outputs this one also learns, at the same x_t (knowledge
+    # distillation into a smaller student, as BK-SDM: MSE between the two models' predictions, both ends)
+    "kd_from": None, "kd_weight": 0.0,
     # optimisation
     "train_steps": 1200, "batch_size": 8, "learning_rate": 1e-3, "lr_schedule": "onecycle", "warmup_steps": 0,
     "weight_decay": 0.01, "max_grad_norm": 1.0, "mixed_precision": "auto", "seed": 0,
@@ -268,6 +273,7 @@ def build_encoder_unet(cfg: Dict[str, Any], state_channels: int, mult: int, s: i
         down_block_types=tuple(ref.config.down_block_types), up_block_types=tuple(ref.config.up_block_types),
         norm_num_groups=cfg["norm_num_groups"], attention_head_dim=ref.config.attention_head_dim,
         space_to_depth=s, image_channels=3, feature_channels=int(cfg["feature_channels"]),
+        trunk_downscale=int(cfg["trunk_downscale"]),
     )
     load_lite0(model.encoder)
     return model
@@ -289,13 +295,14 @@ def class_weights(dataset, num_classes: int, ignore_index: Optional[int], power:
 
 # ------------------------------------------------------------------------------------------------- loss
 def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_weight=None, disc=None,
-                 critic_inputs=None, teacher=None) -> torch.Tensor:
+                 critic_inputs=None, teacher=None, kd_unet=None) -> torch.Tensor:
     """``model``: the accelerate-prepared UNet (DDP/autocast), run through ``pipe.predict(..., unet=model)``.
 
     MSE between ``pipe.predict(x_t, t*1000)`` and the scheduler's target; images (N,3,H,W), labels (N,H,W).
     With ``disc`` (and ``perceptual``, whose frozen features it reads) the generator's hinge term is added for
     samples with ``t >= adversarial_t_min``; ``critic_inputs`` (a dict) then receives what the critic's own step
-    needs: the detached predicted image ends of those samples, their photos and labels."""
+    needs: the detached predicted image ends of those samples, their photos and labels. With ``kd_unet`` (a
+    frozen SemFlow UNet of the same state layout) the MSE to its prediction at the same ``x_t`` is added."""
     images, labels = batch["image"], batch["label"]
     image_end, mask_end = pipe.prepare_endpoints(images, labels, perturbation=float(cfg["perturbation"]),
                                                  generator=generator, noise_prob=float(cfg["coupling_noise_prob"]))
@@ -306,6 +313,11 @@ def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_we
     target = pipe.scheduler.get_target(image_end, mask_end)
     pred = pipe.predict(x_t, timesteps, unet=model)
     err = (pred.float() - target.float()) ** 2  # (N, C or 2C, h, w)
+    kd = 0.0
+    if kd_unet is not None:
+        with torch.no_grad():
+            kd_pred = pipe.predict(x_t, timesteps, unet=kd_unet)
+        kd = float(cfg["kd_weight"]) * F.mse_loss(pred.float(), kd_pred.float())
     ignore = pipe.config.ignore_index
     if (cfg["mask_ignore_in_loss"] and ignore is not None and pipe.scheduler.config.prediction_type == "endpoints"
             and err.shape[-2:] == labels.shape[-2:]):
@@ -351,8 +363,8 @@ def semflow_loss(pipe, batch, cfg, generator, model=None, perceptual=None, ce_we
                 loss = loss + float(cfg["adversarial_weight"]) * generator_loss(disc(fake, labels[sel]))
                 if critic_inputs is not None:  # the critic's step reuses these features instead of recomputing them
                     critic_inputs.update(fake=[f.detach() for f in fake], real=[f[sel] for f in ft], labels=labels[sel])
-        return loss
-    return err.mean()
+        return loss + kd
+    return err.mean() + kd
 
 
 def critic_step(disc, d_optimizer, critic_inputs: Dict[str, Any], accelerator) -> None:
@@ -428,7 +440,9 @@ def init_unet_from(unet, folder: str) -> None:
     part of the weights silently. Optimizer, schedule and step count start fresh (unlike a resume).
     A ``SemFlowUNet2DModel`` may also start from a plain ``UNet2DModel`` of its inner UNet's layout: the inner UNet
     takes its weights, the feature channels of ``conv_in`` start at zero (so the start behaves as the source
-    model) and the pretrained trunk stays as built."""
+    model) and the pretrained trunk stays as built.
+    A UNet with fewer ``layers_per_block`` than the source starts from the source's blocks minus the ones
+    ``drop_layers`` removes (a smaller student, as BK-SDM)."""
     from diffusers import UNet2DModel
     from safetensors.torch import load_file
 
@@ -438,8 +452,12 @@ def init_unet_from(unet, folder: str) -> None:
     if not os.path.isdir(path):
         raise SystemExit(f"init_from: {path} not found (expected a saved SemFlow pipeline folder)")
     with open(os.path.join(path, "config.json"), encoding="utf-8") as f:
-        src_class = json.load(f).get("_class_name")
+        src_config = json.load(f)
+    src_class = src_config.get("_class_name")
     src = load_file(os.path.join(path, "diffusion_pytorch_model.safetensors"))
+    src_layers, dst_layers = src_config.get("layers_per_block"), unet.config.layers_per_block
+    if src_layers is not None and dst_layers < src_layers:
+        src = drop_layers(src, src_layers, dst_layers)
     target = unet
     if isinstance(unet, SemFlowUNet2DModel) and src_class == UNet2DModel.__name__:
         target = unet.unet
@@ -457,6 +475,46 @@ def init_unet_from(unet, folder: str) -> None:
     if unexpected:
         raise SystemExit(f"init_from: {folder} has weights this config's UNet lacks ({unexpected[0]}, ...)")
     target.load_state_dict(src, strict=True)
+
+
+def load_kd_unet(folder: str, pipe, device):
+    """The frozen UNet of the saved SemFlow pipeline ``folder``, checked to read and predict the same state as
+    ``pipe``'s (same codec, fold and prediction type), so its outputs are targets for ``pipe.unet``."""
+    from semflow_pipeline import SemFlowPipeline
+
+    src = SemFlowPipeline.from_pretrained(folder)
+    for key in ("palette", "space_to_depth", "coupling"):
+        if src.config.get(key) != pipe.config.get(key):
+            raise SystemExit(f"kd_from: {folder} has {key}={src.config.get(key)!r}, this run {pipe.config.get(key)!r}")
+    for key in ("in_channels", "out_channels"):
+        if src.unet.config[key] != pipe.unet.config[key]:
+            raise SystemExit(f"kd_from: {folder}'s UNet has {key}={src.unet.config[key]}, this run's "
+                             f"{pipe.unet.config[key]}")
+    if src.scheduler.config.prediction_type != pipe.scheduler.config.prediction_type:
+        raise SystemExit(f"kd_from: {folder} predicts {src.scheduler.config.prediction_type}, this run "
+                         f"{pipe.scheduler.config.prediction_type}")
+    return src.unet.to(device).eval().requires_grad_(False)
+
+
+def drop_layers(state: Dict[str, torch.Tensor], src_layers: int, dst_layers: int) -> Dict[str, torch.Tensor]:
+    """A diffusers UNet state dict with ``layers_per_block`` ``src_layers`` -> one for ``dst_layers`` (fewer).
+
+    Down blocks keep their first ``dst_layers`` resnets (and attentions). Up blocks hold one more layer than
+    down blocks; they keep their first ``dst_layers`` and their last, so that every kept layer reads a skip of
+    the same width as before (the last one reads the level's input, the first ones the level's features)."""
+    pattern = re.compile(r"^(.*\b(down|up)_blocks\.\d+\.(?:resnets|attentions)\.)(\d+)(\..*)$")
+    out = {}
+    for name, tensor in state.items():
+        m = pattern.match(name)
+        if m is None:
+            out[name] = tensor
+            continue
+        j = int(m.group(3))
+        if j < dst_layers:
+            out[name] = tensor
+        elif m.group(2) == "up" and j == src_layers:  # the up block's last layer
+            out[f"{m.group(1)}{dst_layers}{m.group(4)}"] = tensor
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -971,6 +1029,10 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         teacher = load_teacher(cfg["teacher"], accelerator.device)
         if teacher.num_classes != k:
             raise SystemExit(f"teacher {cfg['teacher']} has {teacher.num_classes} classes; this dataset has {k}")
+    kd_unet = None
+    if pipe is not None and cfg["kd_from"] and float(cfg["kd_weight"]) > 0:
+        kd_unet = load_kd_unet(cfg["kd_from"], pipe, accelerator.device)
+        accelerator.print(f"distilling from {cfg['kd_from']} (weight {cfg['kd_weight']})")
     if pipe is not None:
         ce_weight = class_weights(train_ds, k, ignore, float(cfg["mask_ce_class_balance"]))
         if ce_weight is not None:
@@ -1076,7 +1138,8 @@ def train(cfg: Dict[str, Any]) -> Dict[str, Any]:
         critic_inputs = {}
         with accelerator.autocast():
             if pipe is not None:
-                loss = semflow_loss(pipe, batch, cfg, gen, model, perceptual, ce_weight, disc, critic_inputs, teacher)
+                loss = semflow_loss(pipe, batch, cfg, gen, model, perceptual, ce_weight, disc, critic_inputs, teacher,
+                                    kd_unet)
             else:
                 loss = ce_loss(model, batch, cfg, ignore)
         accelerator.backward(loss)

@@ -98,6 +98,9 @@ class SemFlowUNet2DModel(ModelMixin, ConfigMixin):
         space_to_depth: the pipeline's folding factor (the image is unfolded before the trunk sees it).
         image_channels: how many leading state channels hold the image (3).
         feature_channels: channels of the fused trunk features given to the UNet.
+        trunk_downscale: the trunk sees the image shrunk by this factor (1 = full size). The trunk is about a
+            quarter of a 1-step segmentation at full size; its coarsest features are the ones the UNet cannot
+            compute itself, and they lose little at half size.
     """
 
     @register_to_config
@@ -115,6 +118,7 @@ class SemFlowUNet2DModel(ModelMixin, ConfigMixin):
         space_to_depth: int = 3,
         image_channels: int = 3,
         feature_channels: int = 64,
+        trunk_downscale: int = 1,
     ):
         super().__init__()
         self.encoder = EfficientNetLite0Features()
@@ -131,6 +135,8 @@ class SemFlowUNet2DModel(ModelMixin, ConfigMixin):
         r, c = self.config.space_to_depth, self.config.image_channels
         # pixel_unshuffle puts input channel i in folded channels [i*r^2, (i+1)*r^2): the image is the first c*r^2.
         image = F.pixel_shuffle(sample[:, : c * r * r], r) if r > 1 else sample[:, :c]
+        if self.config.trunk_downscale > 1:  # (N, 3, H/d, W/d)
+            image = F.avg_pool2d(image, self.config.trunk_downscale, ceil_mode=True)
         size = sample.shape[-2:]
         fused = 0
         for proj, feat in zip(self.feature_proj, self.encoder(image)):

@@ -98,9 +98,9 @@ class SemFlowUNet2DModel(ModelMixin, ConfigMixin):
         space_to_depth: the pipeline's folding factor (the image is unfolded before the trunk sees it).
         image_channels: how many leading state channels hold the image (3).
         feature_channels: channels of the fused trunk features given to the UNet.
-        trunk_downscale: the trunk sees the image shrunk by this factor (1 = full size). The trunk is about a
-            quarter of a 1-step segmentation at full size; its coarsest features are the ones the UNet cannot
-            compute itself, and they lose little at half size.
+        trunk_downscale: the trunk sees the image shrunk by this factor (1 = full size). At full size the trunk
+            is about a quarter of a 1-step segmentation; at half size it costs a quarter of that, and small objects
+            (signs, pedestrians) lose the most (the v7 student in the model card).
     """
 
     @register_to_config

@@ -483,16 +483,12 @@ def load_kd_unet(folder: str, pipe, device):
     from semflow_pipeline import SemFlowPipeline
 
     src = SemFlowPipeline.from_pretrained(folder)
-    for key in ("palette", "space_to_depth", "coupling"):
-        if src.config.get(key) != pipe.config.get(key):
-            raise SystemExit(f"kd_from: {folder} has {key}={src.config.get(key)!r}, this run {pipe.config.get(key)!r}")
-    for key in ("in_channels", "out_channels"):
-        if src.unet.config[key] != pipe.unet.config[key]:
-            raise SystemExit(f"kd_from: {folder}'s UNet has {key}={src.unet.config[key]}, this run's "
-                             f"{pipe.unet.config[key]}")
-    if src.scheduler.config.prediction_type != pipe.scheduler.config.prediction_type:
-        raise SystemExit(f"kd_from: {folder} predicts {src.scheduler.config.prediction_type}, this run "
-                         f"{pipe.scheduler.config.prediction_type}")
+    checks = [(key, src.config.get(key), pipe.config.get(key)) for key in ("palette", "space_to_depth", "coupling")]
+    checks += [(f"unet {key}", src.unet.config[key], pipe.unet.config[key]) for key in ("in_channels", "out_channels")]
+    checks.append(("prediction_type", src.scheduler.config.prediction_type, pipe.scheduler.config.prediction_type))
+    for name, theirs, ours in checks:
+        if theirs != ours:
+            raise SystemExit(f"kd_from: {folder} has {name}={theirs!r}, this run {ours!r}")
     return src.unet.to(device).eval().requires_grad_(False)
 
 
